@@ -1,0 +1,3 @@
+"""lightning_seg: a PyTorch Lightning research framework for dense prediction."""
+
+__version__ = "0.1.0"

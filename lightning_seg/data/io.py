@@ -1,0 +1,83 @@
+"""Reading images and label maps with errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the record and how to fix it."""
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"{path}: image file not found. Check the dataset root and the file name in the "
+            f"annotation (paths are resolved relative to the image folder)."
+        )
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(
+            f"{path}: cannot decode image ({exc}). The file is corrupt or not an image; "
+            f"re-download it or remove it from the annotation file."
+        ) from exc
+    return img
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as ``uint8[H, W, 3]`` RGB.
+
+    Grayscale is replicated to 3 channels, RGBA/LA/P are converted (alpha dropped), and
+    16-bit or float images are rescaled to 0..255 by their own min/max, so every reader
+    sees the same layout.
+    """
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr = ((arr - lo) * scale).round().astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel label PNG as ``int64[H, W]`` (palette indices for mode P)."""
+    img = _open(path)
+    if img.mode in ("RGB", "RGBA"):
+        raise DataError(
+            f"{path}: label map is {img.mode}, expected one channel (mode L, P, I or I;16). "
+            f"Colour-coded labels must be converted to class indices first."
+        )
+    return np.asarray(img).astype(np.int64)
+
+
+def read_rgb_ids(path: str | os.PathLike) -> np.ndarray:
+    """Read an RGB-encoded id PNG (COCO panoptic) as ``int64[H, W]``: id = R + 256 G + 256^2 B."""
+    img = _open(path)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    rgb = np.asarray(img).astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of an image file without decoding its pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: image file not found.") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: cannot read image header ({exc}); the file is corrupt.") from exc
+    return h, w

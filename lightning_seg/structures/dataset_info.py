@@ -1,0 +1,100 @@
+"""Facts about a dataset that models need: classes, thing/stuff split, keypoints.
+
+A DataModule exposes one ``DatasetInfo``; the CLI links its fields into the model
+(``num_classes``, ``ignore_index``, ``num_keypoints``...), so no number is typed twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DatasetInfo:
+    """Class and keypoint metadata of a dataset.
+
+    Attributes:
+        class_names: one name per contiguous class index ``0..K-1``.
+        category_ids: the dataset's own id for each contiguous index (COCO ids are
+            non-contiguous: 1..90). Defaults to ``0..K-1``.
+        isthing: per class, True for countable things, False for stuff. Defaults to all True.
+        ignore_index: label value of void / unlabelled pixels in semantic maps.
+        keypoint_names: names of the K keypoints of one instance (empty when none).
+        keypoint_flip_map: pairs ``(i, j)`` of keypoint indices swapped by a horizontal flip.
+        skeleton: pairs of keypoint indices drawn as limbs.
+        keypoint_sigmas: per-keypoint OKS sigmas (COCO's 17 for people).
+        palette: one RGB colour per class for overlays (generated when empty).
+    """
+
+    class_names: list[str]
+    category_ids: list[int] = field(default_factory=list)
+    isthing: list[bool] = field(default_factory=list)
+    ignore_index: int = 255
+    keypoint_names: list[str] = field(default_factory=list)
+    keypoint_flip_map: list[tuple[int, int]] = field(default_factory=list)
+    skeleton: list[tuple[int, int]] = field(default_factory=list)
+    keypoint_sigmas: list[float] = field(default_factory=list)
+    palette: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        k = len(self.class_names)
+        if not self.category_ids:
+            self.category_ids = list(range(k))
+        if not self.isthing:
+            self.isthing = [True] * k
+        if len(self.category_ids) != k or len(self.isthing) != k:
+            raise ValueError(
+                f"category_ids ({len(self.category_ids)}) and isthing ({len(self.isthing)}) "
+                f"must have one entry per class ({k})"
+            )
+        if len(set(self.category_ids)) != k:
+            raise ValueError("category_ids must be unique")
+        if not self.palette:
+            self.palette = default_palette(k)
+        n = len(self.keypoint_names)
+        for i, j in self.keypoint_flip_map:
+            if not (0 <= i < n and 0 <= j < n):
+                raise ValueError(f"keypoint_flip_map pair ({i}, {j}) is out of range for {n} keypoints")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_names)
+
+    @property
+    def thing_classes(self) -> list[int]:
+        return [i for i, t in enumerate(self.isthing) if t]
+
+    @property
+    def stuff_classes(self) -> list[int]:
+        return [i for i, t in enumerate(self.isthing) if not t]
+
+    @property
+    def id_to_index(self) -> dict[int, int]:
+        """Dataset category id -> contiguous index."""
+        return {c: i for i, c in enumerate(self.category_ids)}
+
+    def flip_permutation(self) -> list[int]:
+        """Index permutation that maps keypoints of an image to those of its mirror."""
+        perm = list(range(self.num_keypoints))
+        for i, j in self.keypoint_flip_map:
+            perm[i], perm[j] = j, i
+        return perm
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct, deterministic colours (the PASCAL VOC bit-interleaving scheme)."""
+    palette = []
+    for i in range(num_classes):
+        r = g = b = 0
+        c = i + 1
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
