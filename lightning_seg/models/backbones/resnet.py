@@ -1,0 +1,238 @@
+"""ResNet backbone (He et al., CVPR 2016) on torchvision's implementation, with atrous
+output stride (DeepLab), multi-grid rates, frozen BatchNorm and frozen stages (detectron2).
+
+State-dict key layout: the torchvision ResNet modules are direct children with their
+torchvision names, so a ``torchvision.models.resnetXX().state_dict()`` maps 1:1::
+
+    conv1.weight, bn1.{weight,bias,running_mean,running_var,num_batches_tracked},
+    layer1.0.conv1.weight, layer1.0.bn1.*, ..., layer1.0.downsample.0.weight,
+    layer1.0.downsample.1.*, ..., layer4.2.bn3.*
+
+``fc.*`` (the classifier) is not kept, nor are the layers deeper than the deepest requested
+feature (``out_features=("c2", "c3")`` drops ``layer3``/``layer4``). Torchvision's detection
+models prefix these keys with ``backbone.body.``, its segmentation models with ``backbone.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d
+
+from lightning_seg.layers.norm import freeze_batchnorm
+
+_DEPTHS = (18, 34, 50, 101, 152)
+_LEVELS = ("c2", "c3", "c4", "c5")
+_LAYER_OF = {"c2": "layer1", "c3": "layer2", "c4": "layer3", "c5": "layer4"}
+
+
+def _set_conv_dilation(conv: nn.Conv2d, dilation: int) -> None:
+    """Make a ``k x k`` conv atrous with "same" padding and stride 1 (in place)."""
+    k = conv.kernel_size[0]
+    conv.stride = (1, 1)
+    conv.dilation = (dilation, dilation)
+    conv.padding = (dilation * (k - 1) // 2, dilation * (k - 1) // 2)
+
+
+def _dilate_layer(layer: nn.Sequential, dilations: Sequence[int]) -> None:
+    """Remove the stride of a ResNet stage and give block ``i`` the atrous rate ``dilations[i]``.
+
+    Works for ``Bottleneck`` (stride and dilation on ``conv2``) and ``BasicBlock`` (both 3x3
+    convs dilated; torchvision refuses dilation there, the maths is the same).
+    """
+    for block, rate in zip(layer, dilations, strict=True):
+        if isinstance(block, Bottleneck):
+            _set_conv_dilation(block.conv2, rate)
+        elif isinstance(block, BasicBlock):
+            _set_conv_dilation(block.conv1, rate)
+            _set_conv_dilation(block.conv2, rate)
+        else:  # pragma: no cover - torchvision ResNets only hold these two
+            raise TypeError(f"unexpected ResNet block {type(block).__name__}")
+        block.stride = 1
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+
+
+class ResNetBackbone(nn.Module):
+    """Torchvision ResNet-18/34/50/101/152 returning the stage outputs ``c2..c5``.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        weights: name of a torchvision ``ResNet{depth}_Weights`` member (e.g. ``"IMAGENET1K_V1"``,
+            downloaded by torchvision), or None for random init.
+        weights_path: local checkpoint of a torchvision ResNet (a state dict, or a dict holding
+            one under ``"state_dict"`` or ``"model"``); loaded after ``weights``.
+        out_features: which of ``"c2".."c5"`` to return; stages deeper than the deepest one
+            are not built.
+        output_stride: 32 (plain), 16 (``layer4`` atrous) or 8 (``layer3`` and ``layer4``
+            atrous), as DeepLab.
+        multi_grid: DeepLab v3 unit rates of the blocks of ``layer4`` (e.g. ``(1, 2, 4)``):
+            block ``i`` gets rate ``layer4_rate * multi_grid[i]``. None keeps torchvision's
+            rates (first block of an atrous stage keeps the previous rate).
+        frozen_bn: replace every BatchNorm by ``torchvision.ops.FrozenBatchNorm2d``.
+        freeze_at: 0 trains everything; 1 freezes the stem (conv1, bn1); 2 the stem and
+            ``layer1`` (res2); ... 5 everything (detectron2's ``FREEZE_AT``). Frozen stages
+            also get frozen BatchNorm.
+
+    Attributes:
+        out_channels: level -> channels (R50: c2 256, c3 512, c4 1024, c5 2048; R18: 64..512).
+        strides: level -> stride w.r.t. the input (4, 8, 16, 32 at output stride 32).
+
+    Shapes:
+        ``forward(Tensor[B, 3, H, W])`` (already normalised) ``-> {level: Tensor[B, C_l,
+        ceil(H / s_l), ceil(W / s_l)]}``.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        weights: str | None = None,
+        weights_path: str | Path | None = None,
+        out_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
+        output_stride: int = 32,
+        multi_grid: Sequence[int] | None = None,
+        frozen_bn: bool = False,
+        freeze_at: int = 0,
+    ) -> None:
+        super().__init__()
+        if depth not in _DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {_DEPTHS}, got {depth}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if not 0 <= freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in 0..5 (0 = train all), got {freeze_at}")
+        out_features = tuple(out_features)
+        unknown = [f for f in out_features if f not in _LEVELS]
+        if unknown or not out_features:
+            raise ValueError(f"out_features must be a non-empty subset of {_LEVELS}, got {out_features}")
+        self.depth = depth
+        self.out_features = tuple(f for f in _LEVELS if f in out_features)
+        self.output_stride = output_stride
+
+        net = getattr(torchvision.models, f"resnet{depth}")(
+            weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        )
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        num_stages = _LEVELS.index(self.out_features[-1]) + 1
+        self._stage_names = [f"layer{i + 1}" for i in range(num_stages)]
+        for name in self._stage_names:
+            setattr(self, name, getattr(net, name))
+
+        expansion = 4 if depth >= 50 else 1
+        widths = {"c2": 64, "c3": 128, "c4": 256, "c5": 512}
+        self.out_channels: dict[str, int] = {f: widths[f] * expansion for f in self.out_features}
+        all_strides = {"c2": 4, "c3": 8, "c4": min(16, output_stride), "c5": output_stride}
+        self.strides: dict[str, int] = {f: all_strides[f] for f in self.out_features}
+
+        self._make_atrous(output_stride, multi_grid)
+
+        if weights is not None:
+            enum = torchvision.models.get_model_weights(f"resnet{depth}")
+            try:
+                member = enum[weights]
+            except KeyError as exc:
+                names = [w.name for w in enum]
+                raise ValueError(f"unknown ResNet{depth} weights {weights!r}; choose one of {names}") from exc
+            self.load_torchvision_state_dict(member.get_state_dict(progress=False))
+        if weights_path is not None:
+            self.load_torchvision_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+
+        self.freeze_at = freeze_at
+        self._freeze(freeze_at)
+
+    def _make_atrous(self, output_stride: int, multi_grid: Sequence[int] | None) -> None:
+        """Replace strides by dilation in ``layer3``/``layer4`` to reach ``output_stride``."""
+        rate = 1
+        for name, dilate in (("layer3", output_stride <= 8), ("layer4", output_stride <= 16)):
+            if not hasattr(self, name):
+                continue
+            layer: nn.Sequential = getattr(self, name)
+            previous = rate
+            if dilate:
+                rate *= 2
+            if name == "layer4" and multi_grid is not None:
+                if len(multi_grid) != len(layer):
+                    raise ValueError(
+                        f"multi_grid needs one rate per block of layer4 ({len(layer)}), got {tuple(multi_grid)}"
+                    )
+                if dilate:
+                    _dilate_layer(layer, [rate * m for m in multi_grid])
+                else:
+                    self._multi_grid_stride32(layer, multi_grid)
+            elif dilate:
+                _dilate_layer(layer, [previous] + [rate] * (len(layer) - 1))
+        if multi_grid is not None and not hasattr(self, "layer4"):
+            raise ValueError("multi_grid applies to layer4: add 'c5' to out_features")
+
+    @staticmethod
+    def _multi_grid_stride32(layer: nn.Sequential, multi_grid: Sequence[int]) -> None:
+        """Multi-grid at output stride 32: keep the first block's stride, dilate the 3x3 convs."""
+        for block, m in zip(layer, multi_grid, strict=True):
+            convs = [block.conv2] if isinstance(block, Bottleneck) else [block.conv1, block.conv2]
+            for conv in convs:
+                stride = conv.stride
+                _set_conv_dilation(conv, m)
+                conv.stride = stride
+
+    def _freeze(self, freeze_at: int) -> None:
+        stages: list[list[nn.Module]] = [[self.conv1, self.bn1]] + [
+            [getattr(self, n)] for n in self._stage_names
+        ]
+        for modules in stages[:freeze_at]:
+            for module in modules:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        if freeze_at >= 1:
+            self.bn1 = freeze_batchnorm(self.bn1)
+        for name in self._stage_names[: max(freeze_at - 1, 0)]:
+            setattr(self, name, freeze_batchnorm(getattr(self, name)))
+
+    def load_torchvision_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load the weights of a torchvision ResNet (``fc.*`` and unbuilt stages are dropped).
+
+        Raises:
+            KeyError: when keys of this backbone are missing or unknown keys remain; the
+                message lists them (e.g. a detection checkpoint needs its ``backbone.body.``
+                prefix stripped first).
+        """
+        if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+            state_dict = state_dict["state_dict"]
+        elif "model" in state_dict and isinstance(state_dict["model"], Mapping):
+            state_dict = state_dict["model"]
+        own = self.state_dict()
+        dropped_prefixes = ("fc.",) + tuple(
+            f"layer{i}." for i in range(len(self._stage_names) + 1, 5)
+        )
+        kept = {k: v for k, v in state_dict.items() if not k.startswith(dropped_prefixes)}
+        kept = {k: v for k, v in kept.items() if k in own or not k.endswith("num_batches_tracked")}
+        missing = sorted(k for k in own if k not in kept and not k.endswith("num_batches_tracked"))
+        unexpected = sorted(k for k in kept if k not in own)
+        if missing or unexpected:
+            raise KeyError(
+                f"ResNet{self.depth} checkpoint does not match torchvision's key layout: "
+                f"missing {missing[:8]}{'...' if len(missing) > 8 else ''} ({len(missing)}), "
+                f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''} ({len(unexpected)}). "
+                f"Strip prefixes such as 'backbone.body.' or 'module.' before loading."
+            )
+        self.load_state_dict(kept, strict=False)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Args:
+            x: ``Tensor[B, 3, H, W]`` normalised images.
+
+        Returns:
+            ``{level: Tensor[B, out_channels[level], H / strides[level], W / strides[level]]}``
+            for the levels of ``out_features`` (sizes rounded up).
+        """
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: dict[str, Tensor] = {}
+        for level, name in zip(_LEVELS, self._stage_names):
+            x = getattr(self, name)(x)
+            if level in self.out_features:
+                out[level] = x
+        return out
