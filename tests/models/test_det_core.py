@@ -1,0 +1,91 @@
+"""Golden tests of the detection core against torchvision: box coder, matcher, sampler,
+anchors, FPN and RPN (issue #4). Tiny feature maps, CPU, seconds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.models.detection import _utils as tv_utils
+from torchvision.ops import box_iou
+
+from lightning_seg.models.assigners.matcher import MaxIoUMatcher
+from lightning_seg.models.assigners.sampler import BalancedSampler
+from lightning_seg.ops.boxes import BoxCoder
+
+
+def random_boxes(n: int, size: float = 100.0, min_wh: float = 1.0) -> torch.Tensor:
+    xy = torch.rand(n, 2) * size
+    wh = torch.rand(n, 2) * size / 2 + min_wh
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+# --------------------------------------------------------------------------- box coder
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+def test_box_coder_matches_torchvision(weights):
+    ours = BoxCoder(weights)
+    ref = tv_utils.BoxCoder(weights)
+    gt, anchors = random_boxes(200), random_boxes(200)
+    enc = ours.encode(gt, anchors)
+    assert enc.shape == (200, 4)
+    assert torch.equal(enc, ref.encode_single(gt, anchors))
+
+    deltas = torch.randn(200, 3 * 4) * 2  # some dw/dh beyond the clip
+    deltas[0, 2] = 100.0
+    dec = ours.decode(deltas, anchors)
+    assert dec.shape == (200, 3, 4)
+    assert torch.equal(dec, ref.decode(deltas, [anchors]))
+    assert torch.isfinite(dec).all()
+    # round trip
+    back = ours.decode(enc, anchors)[:, 0]
+    torch.testing.assert_close(back, gt, atol=1e-3, rtol=1e-5)
+
+
+def test_box_coder_empty_and_bad_shapes():
+    coder = BoxCoder()
+    assert coder.encode(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0, 4)
+    assert coder.decode(torch.zeros(0, 8), torch.zeros(0, 4)).shape == (0, 2, 4)
+    with pytest.raises(ValueError):
+        coder.decode(torch.zeros(3, 5), torch.zeros(3, 4))
+
+
+# --------------------------------------------------------------------------- matcher
+@pytest.mark.parametrize("low_quality", [False, True])
+def test_matcher_matches_torchvision(low_quality):
+    gt = random_boxes(7)
+    anchors = random_boxes(300)
+    iou = box_iou(gt, anchors)
+    # a duplicated column makes a tie for the low-quality rule
+    iou = torch.cat([iou, iou[:, :5]], dim=1)
+    ours = MaxIoUMatcher(0.7, 0.3, allow_low_quality_matches=low_quality)(iou)
+    ref = tv_utils.Matcher(0.7, 0.3, allow_low_quality_matches=low_quality)(iou)
+    assert torch.equal(ours, ref)
+    assert ours.dtype == torch.int64
+    assert (ours == -1).any() and (ours >= 0).any()
+
+
+def test_matcher_empty():
+    matcher = MaxIoUMatcher(0.5, 0.5)
+    out = matcher(torch.zeros(0, 11))
+    assert out.tolist() == [MaxIoUMatcher.BELOW_LOW_THRESHOLD] * 11
+    assert matcher(torch.zeros(3, 0)).shape == (0,)
+    with pytest.raises(ValueError):
+        MaxIoUMatcher(0.3, 0.7)
+
+
+# --------------------------------------------------------------------------- sampler
+def test_sampler_matches_torchvision_with_same_seed():
+    labels = [torch.randint(-1, 3, (500,)), torch.randint(-1, 2, (40,)), torch.zeros(60, dtype=torch.int64)]
+    torch.manual_seed(123)
+    pos, neg = BalancedSampler(64, 0.25)(labels)
+    torch.manual_seed(123)
+    ref_pos, ref_neg = tv_utils.BalancedPositiveNegativeSampler(64, 0.25)(labels)
+    for p, n, rp, rn, lab in zip(pos, neg, ref_pos, ref_neg, labels):
+        assert p.dtype == torch.bool and n.dtype == torch.bool
+        assert torch.equal(p, rp.bool()) and torch.equal(n, rn.bool())
+        assert not (p & n).any()
+        assert (lab[p] >= 1).all() and (lab[n] == 0).all()
+        assert p.sum() <= 16 and p.sum() + n.sum() <= 64
+    assert pos[0].sum() == 16 and neg[0].sum() == 48
+    assert pos[2].sum() == 0 and neg[2].sum() == 60  # no positives: all negatives, up to 64
