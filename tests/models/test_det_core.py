@@ -89,3 +89,47 @@ def test_sampler_matches_torchvision_with_same_seed():
         assert p.sum() <= 16 and p.sum() + n.sum() <= 64
     assert pos[0].sum() == 16 and neg[0].sum() == 48
     assert pos[2].sum() == 0 and neg[2].sum() == 60  # no positives: all negatives, up to 64
+
+
+# --------------------------------------------------------------------------- anchors
+def _fpn_grid_sizes(h: int, w: int) -> list[tuple[int, int]]:
+    """Grid sizes of P2..P6 for a padded image, as stride-2 convs and P6 pooling produce them."""
+    sizes = []
+    for _ in range(4):
+        sizes.append((math.ceil(h / 4 / 2 ** len(sizes)), math.ceil(w / 4 / 2 ** len(sizes))))
+    sizes.append((math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)))
+    return sizes
+
+
+@pytest.mark.parametrize("padded", [(96, 160), (64, 64), (800, 1088), (36, 52)])
+def test_anchors_match_torchvision(padded):
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    from lightning_seg.models.heads.anchors import AnchorGenerator
+
+    sizes = ((32,), (64,), (128,), (256,), (512,))
+    ratios = ((0.5, 1.0, 2.0),) * 5
+    grids = _fpn_grid_sizes(*padded)
+    feats = [torch.zeros(1, 1, h, w) for h, w in grids]
+    images = ImageList(torch.zeros(2, 3, *padded), [padded, (padded[0] - 3, padded[1] - 5)])
+    ref = TVAnchorGenerator(sizes, ratios)(images, feats)[0]
+
+    gen = AnchorGenerator(sizes, ratios, strides=(4, 8, 16, 32, 64))
+    assert gen.num_anchors_per_location() == [3] * 5
+    ours = gen(grids)
+    assert [a.shape[0] for a in ours] == [h * w * 3 for h, w in grids]
+    assert torch.equal(torch.cat(ours), ref)
+
+
+def test_anchors_multiple_sizes_per_level():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    from lightning_seg.models.heads.anchors import AnchorGenerator
+
+    sizes, ratios = ((16, 24, 40),), ((0.5, 1.0, 2.0, 3.0),)
+    ref = TVAnchorGenerator(sizes, ratios)(ImageList(torch.zeros(1, 3, 40, 56), [(40, 56)]), [torch.zeros(1, 1, 5, 7)])
+    ours = AnchorGenerator(sizes, ratios, strides=(8,))([(5, 7)])
+    assert torch.equal(ours[0], ref[0])
+    assert ours[0].shape == (5 * 7 * 12, 4)
