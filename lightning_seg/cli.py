@@ -1,0 +1,80 @@
+"""The ``lseg`` command: LightningCLI with ``fit / validate / test / predict``.
+
+Usage::
+
+    lseg fit --config experiments/quickstart.yaml
+    lseg fit --config experiments/deeplabv3plus_r50_camvid_80e.yaml --trainer.devices 2 --trainer.strategy ddp
+    lseg fit --config ... --ckpt_path outputs/<run>/checkpoints/last.ckpt     # resume
+    lseg predict --config ... --ckpt_path best.ckpt
+
+``experiments/defaults.yaml`` (relative to the working directory) is read first when it exists,
+then the files given with ``--config``: an experiment file holds everything that differs.
+Dataset facts (number of classes, class names, ignore index, keypoint flip map...) are linked
+from the DataModule into the task and its network, so they are never typed twice.
+Every run saves its resolved ``config.yaml`` in its run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_seg.callbacks.progress import default_progress_bar
+
+DEFAULT_CONFIG = os.path.join("experiments", "defaults.yaml")
+
+# (DataModule attribute, task/network argument) pairs; a link whose target argument does not
+# exist on the chosen class is skipped, so one table serves every task and network.
+DATA_LINKS: list[tuple[str, str]] = [
+    ("data.num_classes", "model.init_args.num_classes"),
+    ("data.info", "model.init_args.info"),
+    ("data.num_classes", "model.init_args.model.init_args.num_classes"),
+    ("data.num_classes", "model.init_args.model.init_args.box_head.init_args.num_classes"),
+    ("data.num_classes", "model.init_args.model.init_args.mask_head.init_args.num_classes"),
+    ("data.num_keypoints", "model.init_args.model.init_args.num_keypoints"),
+]
+
+
+class SegCLI(LightningCLI):
+    """LightningCLI with the project's argument links and progress reporting."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for source, target in DATA_LINKS:
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs):
+        """Add a progress reporter that suits the output (rich bar on a TTY, plain lines otherwise)."""
+        trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        callbacks = list(kwargs.get("callbacks") or []) + list(trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(cb, ProgressBar) for cb in callbacks
+        ):
+            extra = kwargs.setdefault("callbacks", [])
+            extra.append(default_progress_bar())
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None) -> SegCLI:
+    """Entry point of ``lseg``; ``args`` lets tests run it in-process."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import lightning as L
+
+    return SegCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            cmd: {"default_config_files": [DEFAULT_CONFIG]} for cmd in ("fit", "validate", "test", "predict")
+        },
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
