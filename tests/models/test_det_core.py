@@ -133,3 +133,55 @@ def test_anchors_multiple_sizes_per_level():
     ours = AnchorGenerator(sizes, ratios, strides=(8,))([(5, 7)])
     assert torch.equal(ours[0], ref[0])
     assert ours[0].shape == (5 * 7 * 12, 4)
+
+
+# --------------------------------------------------------------------------- FPN
+def _backbone_like_features(batch: int, h: int, w: int, channels: dict[str, int]) -> dict[str, torch.Tensor]:
+    feats = {}
+    for i, (name, c) in enumerate(channels.items()):
+        s = 4 * 2**i
+        feats[name] = torch.randn(batch, c, math.ceil(h / s), math.ceil(w / s))
+    return feats
+
+
+def test_fpn_matches_torchvision():
+    from torchvision.ops import FeaturePyramidNetwork
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    from lightning_seg.models.necks.fpn import FPN, fpn_key_map_from_torchvision
+
+    channels = {"c2": 8, "c3": 16, "c4": 24, "c5": 32}
+    strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+    ref = FeaturePyramidNetwork(list(channels.values()), 12, extra_blocks=LastLevelMaxPool()).eval()
+    ours = FPN(channels, strides, out_channels=12).eval()
+    assert ours.out_channels == {f"p{i}": 12 for i in range(2, 7)}
+    assert ours.strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+
+    key_map = fpn_key_map_from_torchvision(tuple(channels), src_prefix="", dst_prefix="")
+    mapped = {key_map[k]: v for k, v in ref.state_dict().items()}
+    assert set(mapped) == set(ours.state_dict())
+    ours.load_state_dict(mapped)
+
+    feats = _backbone_like_features(2, 75, 101, channels)  # odd sizes: 19x26, 10x13, 5x7, 3x4
+    out = ours(feats)
+    ref_out = ref(dict(feats))
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
+    for (name, x), y in zip(out.items(), ref_out.values()):
+        assert x.shape == y.shape, name
+        assert torch.equal(x, y), name
+    assert out["p6"].shape[-2:] == (2, 2)
+
+
+def test_fpn_on_resnet_backbone_and_bad_config():
+    from lightning_seg.models.backbones.resnet import ResNetBackbone
+    from lightning_seg.models.necks.fpn import FPN
+
+    backbone = ResNetBackbone(depth=18)
+    fpn = FPN(backbone.out_channels, backbone.strides, out_channels=16, extra_max_pool=False)
+    out = fpn(backbone(torch.rand(1, 3, 45, 63)))
+    assert list(out) == ["p2", "p3", "p4", "p5"]
+    for name, x in out.items():
+        assert x.shape[1] == fpn.out_channels[name] == 16
+        assert x.shape[-2] == math.ceil(45 / fpn.strides[name])
+    with pytest.raises(ValueError, match="in_features"):
+        FPN(backbone.out_channels, backbone.strides, in_features=("c2", "c6"))
