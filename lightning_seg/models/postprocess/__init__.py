@@ -1,1 +1,1 @@
-
+"""Post-processing: detections, mask pasting, panoptic fusion, heatmap decoding."""
