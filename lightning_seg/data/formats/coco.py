@@ -1,0 +1,567 @@
+"""COCO instances and keypoints (``instances_*.json``, ``person_keypoints_*.json``).
+
+``CocoIndex.build`` reads the annotation file once into NumPy arrays (image table, one row per
+annotation, segmentations in a ``SegmentStore``); no mask is decoded and no per-annotation dict
+survives parsing (see ``jsonio``). ``CocoInstanceDataset[i]`` decodes the masks of image ``i``
+only (pycocotools, identical to ``COCO.annToMask``).
+
+Bad input, decided per case (``DataError`` messages name the file, the record and the fix;
+skips and repairs are counted in ``dataset.skips`` and logged once after indexing):
+
+=========================================  ===========================================
+case                                       handling
+=========================================  ===========================================
+annotation file missing / empty /          index time: ``DataError`` (line, column, byte)
+truncated / malformed JSON
+missing ``images``/``annotations``/        index time: ``DataError``
+``categories``, duplicate image id,
+record without ``image_id``/``category_id``
+annotation with an unknown category id     index time: ``DataError`` (the categories list and
+                                           the annotations disagree: wrong file pairing)
+annotation for an image id not in          index time: skipped, counted (subset files
+``images``                                 often filter images only)
+polygon part with < 3 points / odd         index time: part dropped, counted as repaired;
+length                                     no part left: annotation skipped, counted
+unreadable segmentation                    index time: annotation skipped, counted
+RLE whose size differs from the image      index time: ``DataError`` (annotation, image,
+                                           both sizes)
+box outside the image                      index time: clipped, counted as repaired
+box missing                                index time: computed from the segmentation,
+                                           counted as repaired
+zero-area box (after clipping) or          index time: annotation skipped, counted
+``area == 0``
+mask that decodes to no pixel              item time: instance dropped, counted
+image file missing / corrupt               item time: ``DataError`` (``io.read_image``)
+image size differs from the JSON           item time: ``DataError``
+grayscale / RGBA / 16-bit / palette image  item time: converted to RGB, counted as repaired
+keypoints of the wrong length              index time: ``DataError``
+=========================================  ===========================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lightning_seg.data.formats import masks as M
+from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
+from lightning_seg.data.formats.jsonio import load_json_chunked
+from lightning_seg.data.io import DataError
+from lightning_seg.data.skips import SkipReport
+from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
+
+# OKS sigmas of the 17 COCO person keypoints (cocodataset/cocoapi, cocoeval.py).
+COCO_PERSON_KEYPOINT_SIGMAS = [
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
+    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+]  # fmt: skip
+COCO_PERSON_KEYPOINT_NAMES = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+]  # fmt: skip
+
+CLIP_EPS = 1e-3  # boxes overshooting the image by less than this are clipped silently
+
+
+def keypoint_flip_map(names: list[str]) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)`` of keypoints whose names differ only by left/right (any case)."""
+    lower = [n.lower() for n in names]
+    pairs = []
+    for i, name in enumerate(lower):
+        if "left" in name:
+            other = name.replace("left", "right")
+            if other in lower:
+                pairs.append((i, lower.index(other)))
+    return pairs
+
+
+def _ragged(values: list[list[int]], dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    lengths = [len(v) for v in values]
+    flat = np.fromiter((x for v in values for x in v), dtype=dtype, count=sum(lengths))
+    return flat, M._offsets(lengths)
+
+
+@dataclass
+class _AnnotationBuilder:
+    """Copies each parsed slice of annotation records into NumPy, then drops the dicts."""
+
+    path: Path
+    with_masks: bool
+    with_keypoints: bool
+    per_frame: bool = False  # YouTube-VIS style: "segmentations"/"bboxes" lists per record
+    ids: list[np.ndarray] = field(default_factory=list)
+    image_ids: list[np.ndarray] = field(default_factory=list)
+    category_ids: list[np.ndarray] = field(default_factory=list)
+    iscrowd: list[np.ndarray] = field(default_factory=list)
+    areas: list[np.ndarray] = field(default_factory=list)
+    bboxes: list[np.ndarray] = field(default_factory=list)
+    keypoints: list[np.ndarray] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    count: int = 0
+    segments: M.SegmentStoreBuilder = field(default_factory=M.SegmentStoreBuilder)
+
+    def reset(self) -> None:
+        self.__init__(self.path, self.with_masks, self.with_keypoints, self.per_frame)
+
+    def _record(self, rec: object, key: str) -> str:
+        if isinstance(rec, dict):
+            return f"annotation id={rec.get('id')} (image_id={rec.get('image_id')})"
+        return f"annotation record {rec!r:.80}"
+
+    def _require(self, anns: list, key: str) -> None:
+        for a in anns:
+            if not isinstance(a, dict) or not isinstance(a.get(key), int):
+                raise DataError(
+                    f"{self.path}: {self._record(a, key)} has no integer '{key}'. Every "
+                    f"annotation needs 'image_id' and 'category_id'; fix or remove the record."
+                )
+
+    def __call__(self, anns: list) -> None:
+        n = len(anns)
+        try:
+            image_ids = np.fromiter((a["image_id"] for a in anns), np.int64, n)
+        except (KeyError, TypeError, ValueError):
+            self._require(anns, "image_id")
+            raise
+        try:
+            category_ids = np.fromiter((a["category_id"] for a in anns), np.int64, n)
+        except (KeyError, TypeError, ValueError):
+            self._require(anns, "category_id")
+            raise
+        self.image_ids.append(image_ids)
+        self.category_ids.append(category_ids)
+        self.ids.append(np.fromiter((a.get("id", -1) for a in anns), np.int64, n))
+        self.iscrowd.append(np.fromiter((a.get("iscrowd", 0) for a in anns), np.bool_, n))
+        self.areas.append(np.fromiter((a.get("area", np.nan) for a in anns), np.float64, n))
+        nan4 = [np.nan] * 4
+        boxes = [a.get("bbox") or nan4 for a in anns]
+        try:
+            arr = np.asarray(boxes, dtype=np.float64).reshape(n, 4)
+        except (ValueError, TypeError):
+            for a, b in zip(anns, boxes):
+                if not (isinstance(b, list) and len(b) == 4):
+                    raise DataError(
+                        f"{self.path}: {self._record(a, 'bbox')} has bbox {b!r:.80}; a COCO "
+                        f"bbox is [x, y, width, height] in pixels. Fix or remove the record."
+                    ) from None
+            raise
+        self.bboxes.append(arr)
+        if self.with_masks:
+            seg_add = self.segments.add
+            base = self.count
+            for j, a in enumerate(anns):
+                problem = seg_add(a.get("segmentation"))
+                if problem is not None:
+                    self.problems.append((base + j, problem))
+        if self.with_keypoints:
+            kps = [a.get("keypoints") or [] for a in anns]
+            lengths = np.fromiter((len(k) for k in kps), np.int64, n)
+            flat = np.fromiter((x for k in kps for x in k), np.float32, int(lengths.sum()))
+            self.keypoints.append((flat, lengths))
+        self.count += n
+
+    def finish(self) -> dict[str, np.ndarray]:
+        def cat(parts, dtype, shape=(0,)):
+            return np.concatenate(parts) if parts else np.zeros(shape, dtype)
+
+        out = {
+            "ids": cat(self.ids, np.int64),
+            "image_ids": cat(self.image_ids, np.int64),
+            "category_ids": cat(self.category_ids, np.int64),
+            "iscrowd": cat(self.iscrowd, np.bool_),
+            "areas": cat(self.areas, np.float64),
+            "bboxes": cat(self.bboxes, np.float64, (0, 4)),
+        }
+        return out
+
+
+@dataclass
+class CocoIndex:
+    """Compact index of a COCO-style annotation file (kept annotations sorted by image).
+
+    Attributes:
+        source: the annotation file.
+        image_ids: ``int64[I]`` COCO image ids, file order.
+        file_names: ``I`` image paths relative to the image folder.
+        heights / widths: ``int32[I]`` sizes written in the JSON.
+        image_ann_offsets: ``int64[I + 1]``: annotations of image ``r`` are rows
+            ``image_ann_offsets[r]:image_ann_offsets[r + 1]`` of the ``ann_*`` arrays.
+        ann_ids: ``int64[N]`` annotation ids.
+        ann_labels: ``int64[N]`` contiguous class indices.
+        ann_boxes: ``float32[N, 4]`` x1y1x2y2 pixels, clipped to the image.
+        ann_iscrowd: ``bool[N]``.
+        ann_areas: ``float32[N]`` the JSON ``area`` (NaN when absent).
+        ann_segments: ``int64[N]`` row in ``segments`` (-1 without masks).
+        ann_keypoints: ``float32[N, K, 3]`` or None.
+        segments: the segmentations (rows in file order).
+        categories: the JSON categories sorted by id (small dicts).
+        image_lists: per-image integer lists kept from image records (LVIS federated
+            lists): name -> ``(values, offsets[I + 1])``.
+        skips: what was skipped or repaired.
+    """
+
+    source: Path
+    image_ids: np.ndarray
+    file_names: list[str]
+    heights: np.ndarray
+    widths: np.ndarray
+    image_ann_offsets: np.ndarray
+    ann_ids: np.ndarray
+    ann_labels: np.ndarray
+    ann_boxes: np.ndarray
+    ann_iscrowd: np.ndarray
+    ann_areas: np.ndarray
+    ann_segments: np.ndarray
+    ann_keypoints: np.ndarray | None
+    segments: M.SegmentStore
+    categories: list[dict]
+    image_lists: dict[str, tuple[np.ndarray, np.ndarray]]
+    skips: SkipReport
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_annotations(self) -> int:
+        return len(self.ann_ids)
+
+    @property
+    def nbytes(self) -> int:
+        total = self.segments.nbytes
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray):
+                total += value.nbytes
+        return total
+
+    @classmethod
+    def build(
+        cls,
+        ann_file: str | os.PathLike,
+        with_masks: bool = True,
+        with_keypoints: bool = False,
+        image_list_fields: tuple[str, ...] = (),
+        file_name_of: Callable[[dict], str] | None = None,
+        chunk_bytes: int = 16 << 20,
+    ) -> CocoIndex:
+        """Parse ``ann_file`` into a compact index (see the module docstring for bad input)."""
+        path = Path(ann_file)
+        builder = _AnnotationBuilder(path, with_masks, with_keypoints)
+        top = load_json_chunked(path, "annotations", builder, chunk_bytes, reset=builder.reset)
+        for key in ("images", "categories"):
+            if not isinstance(top.get(key), list):
+                raise DataError(
+                    f"{path}: no '{key}' list at the top level; a COCO annotation file has "
+                    f"'images', 'annotations' and 'categories'. Is this the right file?"
+                )
+        skips = SkipReport(str(path))
+        images = top.pop("images")
+        categories = sorted(top.pop("categories"), key=lambda c: c["id"])
+        del top
+
+        # images
+        try:
+            image_ids = np.fromiter((im["id"] for im in images), np.int64, len(images))
+            heights = np.fromiter((im["height"] for im in images), np.int32, len(images))
+            widths = np.fromiter((im["width"] for im in images), np.int32, len(images))
+        except (KeyError, TypeError, ValueError):
+            for im in images:
+                for key in ("id", "height", "width"):
+                    if not isinstance(im, dict) or not isinstance(im.get(key), int):
+                        raise DataError(
+                            f"{path}: image record {im!r:.120} has no integer '{key}'; every "
+                            f"image needs 'id', 'file_name', 'height' and 'width'."
+                        ) from None
+            raise
+        if file_name_of is None:
+            file_name_of = _coco_file_name(path)
+        file_names = [file_name_of(im) for im in images]
+        lists = {}
+        for name in image_list_fields:
+            lists[name] = _ragged([im.get(name) or [] for im in images])
+        del images
+        order = np.argsort(image_ids, kind="stable")
+        sorted_ids = image_ids[order]
+        dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
+        if len(dup):
+            raise DataError(
+                f"{path}: image id {sorted_ids[dup[0]]} appears more than once in 'images'; "
+                f"image ids must be unique. Remove the duplicate record."
+            )
+
+        ann = builder.finish()
+        num = len(ann["ids"])
+        keep = np.ones(num, dtype=bool)
+
+        def describe(j: int) -> str:
+            return f"annotation id={ann['ids'][j]} (image_id={ann['image_ids'][j]})"
+
+        def drop(where: np.ndarray, reason: str) -> None:
+            for j in np.flatnonzero(where & keep):
+                skips.skip(reason, describe(j))
+            keep[where] = False
+
+        # image rows
+        pos = np.searchsorted(sorted_ids, ann["image_ids"])
+        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        found = (sorted_ids[pos] == ann["image_ids"]) if len(sorted_ids) else np.zeros(num, bool)
+        drop(~found, "annotation for an image id not in 'images'")
+        rows = np.where(found, order[pos] if len(order) else 0, 0).astype(np.int64)
+
+        # categories
+        cat_ids = np.array([c["id"] for c in categories], dtype=np.int64)
+        cpos = np.minimum(np.searchsorted(cat_ids, ann["category_ids"]), max(len(cat_ids) - 1, 0))
+        known = cat_ids[cpos] == ann["category_ids"] if len(cat_ids) else np.zeros(num, bool)
+        if not known.all():
+            bad = np.flatnonzero(~known)
+            examples = ", ".join(
+                f"{describe(j)} category_id={ann['category_ids'][j]}" for j in bad[:3]
+            )
+            raise DataError(
+                f"{path}: {len(bad)} annotation(s) use a category id missing from 'categories' "
+                f"(e.g. {examples}). The annotations and the categories list do not belong "
+                f"together: add the category or remove those annotations."
+            )
+        labels = cpos.astype(np.int64)
+
+        # segmentation problems found while parsing
+        segments = builder.segments.finish()
+        seg_rows = np.arange(num, dtype=np.int64) if with_masks else np.full(num, -1, np.int64)
+        for j, problem in builder.problems:
+            if problem == M.BAD_POLYGON_PART:
+                skips.fix(problem, describe(j))
+        for problem in (M.NO_VALID_POLYGON, M.BAD_SEGMENTATION):
+            where = np.zeros(num, dtype=bool)
+            where[[j for j, p in builder.problems if p == problem]] = True
+            drop(where, problem)
+        if with_masks:
+            none = segments.kind == M.NONE
+            drop(none, "annotation without segmentation (masks requested)")
+            is_rle = (segments.kind == M.RLE) | (segments.kind == M.RLE_UNCOMPRESSED)
+            size_ok = (segments.rle_size[:, 0] == heights[rows]) & (
+                segments.rle_size[:, 1] == widths[rows]
+            )
+            bad = np.flatnonzero(is_rle & ~size_ok & keep)
+            if len(bad):
+                j = bad[0]
+                raise DataError(
+                    f"{path}: {describe(j)} has an RLE of size "
+                    f"{tuple(segments.rle_size[j])} but its image is "
+                    f"{(int(heights[rows[j]]), int(widths[rows[j]]))} (h, w) "
+                    f"({len(bad)} such annotation(s)). Re-encode the RLE at the image size or "
+                    f"fix the image's height/width in 'images'."
+                )
+
+        # boxes: fill missing ones from the segmentation, clip, drop empty
+        boxes = ann["bboxes"]
+        missing = np.flatnonzero(np.isnan(boxes).any(axis=1) & keep)
+        for j in missing:
+            if with_masks and segments.kind[j] != M.NONE:
+                boxes[j] = segments.bbox(j, int(heights[rows[j]]), int(widths[rows[j]]))
+                skips.fix("bbox computed from the segmentation", describe(j))
+        drop(np.isnan(boxes).any(axis=1), "annotation without bbox or segmentation")
+        boxes = np.nan_to_num(boxes)
+        xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+        limit = np.stack([widths[rows], heights[rows], widths[rows], heights[rows]], axis=1)
+        clipped = np.clip(xyxy, 0, limit)
+        moved = (np.abs(clipped - xyxy) > CLIP_EPS).any(axis=1) & keep
+        for j in np.flatnonzero(moved):
+            skips.fix("box outside the image clipped", describe(j))
+        drop((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]), "zero-area box")
+        drop(ann["areas"] <= 0, "zero-area mask (area == 0)")
+
+        # keypoints
+        kps = None
+        if with_keypoints:
+            num_kp = max((len(c.get("keypoints") or []) for c in categories), default=0)
+            kps = np.zeros((num, num_kp, 3), dtype=np.float32)
+            flat = np.concatenate([f for f, _ in builder.keypoints] or [np.zeros(0, np.float32)])
+            lengths = np.concatenate([n for _, n in builder.keypoints] or [np.zeros(0, np.int64)])
+            builder.keypoints.clear()
+            wrong = np.flatnonzero((lengths != 0) & (lengths != 3 * num_kp))
+            if len(wrong):
+                j = wrong[0]
+                raise DataError(
+                    f"{path}: {describe(j)} has {lengths[j]} keypoint values, expected "
+                    f"3 x {num_kp} (x, y, v per keypoint named in its category). Fix the "
+                    f"record or the category's keypoints."
+                )
+            has = lengths > 0
+            kps[has] = flat.reshape(-1, num_kp, 3)  # [N', K, 3]
+
+        # kept annotations, grouped by image
+        kept = np.flatnonzero(keep)
+        kept = kept[np.argsort(rows[kept], kind="stable")]
+        counts = np.bincount(rows[kept], minlength=len(image_ids))
+        skips.log_once()
+        return cls(
+            source=path,
+            image_ids=image_ids,
+            file_names=file_names,
+            heights=heights,
+            widths=widths,
+            image_ann_offsets=M._offsets(counts),
+            ann_ids=ann["ids"][kept],
+            ann_labels=labels[kept],
+            ann_boxes=clipped[kept].astype(np.float32),
+            ann_iscrowd=ann["iscrowd"][kept],
+            ann_areas=ann["areas"][kept].astype(np.float32),
+            ann_segments=seg_rows[kept],
+            ann_keypoints=None if kps is None else kps[kept],
+            segments=segments,
+            categories=categories,
+            image_lists=lists,
+            skips=skips,
+        )
+
+    def annotations_of(self, row: int) -> slice:
+        """Rows of the ``ann_*`` arrays that belong to image row ``row``."""
+        return slice(int(self.image_ann_offsets[row]), int(self.image_ann_offsets[row + 1]))
+
+
+def _coco_file_name(path: Path) -> Callable[[dict], str]:
+    def file_name(im: dict) -> str:
+        name = im.get("file_name")
+        if not isinstance(name, str):
+            raise DataError(
+                f"{path}: image id={im.get('id')} has no 'file_name'; add it (the path of the "
+                f"image relative to the image folder)."
+            )
+        return name
+
+    return file_name
+
+
+def coco_dataset_info(
+    categories: list[dict], keypoint_sigmas: list[float] | None = None
+) -> DatasetInfo:
+    """``DatasetInfo`` of COCO categories (sorted by id); keypoint facts from the first
+    category that names keypoints (skeleton converted from COCO's 1-based indices)."""
+    kp_cat = next((c for c in categories if c.get("keypoints")), None)
+    names, skeleton, sigmas = [], [], []
+    if kp_cat is not None:
+        names = list(kp_cat["keypoints"])
+        skeleton = [(a - 1, b - 1) for a, b in kp_cat.get("skeleton") or []]
+        if keypoint_sigmas is not None:
+            sigmas = list(keypoint_sigmas)
+        elif names == COCO_PERSON_KEYPOINT_NAMES:
+            sigmas = list(COCO_PERSON_KEYPOINT_SIGMAS)
+    return DatasetInfo(
+        class_names=[c["name"] for c in categories],
+        category_ids=[c["id"] for c in categories],
+        isthing=[bool(c.get("isthing", 1)) for c in categories],
+        keypoint_names=names,
+        keypoint_flip_map=keypoint_flip_map(names),
+        skeleton=skeleton,
+        keypoint_sigmas=sigmas,
+        palette=[tuple(c["color"]) for c in categories]
+        if categories and all("color" in c for c in categories)
+        else [],
+    )
+
+
+class CocoInstanceDataset(Dataset):
+    """COCO instance segmentation / detection / keypoints, one ``Sample`` per image.
+
+    Args:
+        image_dir: folder the images' ``file_name`` are relative to.
+        ann_file: COCO JSON (``instances_*.json`` or ``person_keypoints_*.json``).
+        with_masks: decode instance masks (``Sample.instances.masks``); annotations without a
+            segmentation are then skipped (counted).
+        with_keypoints: return ``Sample.instances.keypoints`` ``[N, K, 3]`` (zeros for
+            annotations without keypoints).
+        drop_empty: leave out images without any kept annotation (training usually does).
+        keypoint_sigmas: OKS sigmas; default COCO's 17 when the keypoint names are COCO's.
+        chunk_bytes: JSON slice size while indexing (memory vs. speed; tests use tiny ones).
+
+    Attributes:
+        info: classes (sorted by COCO id), keypoint names / flip map / skeleton / sigmas.
+        skips: skipped and repaired records (index time here, item time in each worker).
+        index: the compact ``CocoIndex``.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        with_masks: bool = True,
+        with_keypoints: bool = False,
+        drop_empty: bool = False,
+        keypoint_sigmas: list[float] | None = None,
+        chunk_bytes: int = 16 << 20,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.with_masks = with_masks
+        self.with_keypoints = with_keypoints
+        self.index = self._build_index(ann_file, chunk_bytes)
+        self.skips = self.index.skips
+        self.info = coco_dataset_info(self.index.categories, keypoint_sigmas)
+        counts = np.diff(self.index.image_ann_offsets)
+        self.rows = np.flatnonzero(counts > 0) if drop_empty else np.arange(len(counts))
+
+    def _build_index(self, ann_file: str | os.PathLike, chunk_bytes: int) -> CocoIndex:
+        return CocoIndex.build(
+            ann_file, self.with_masks, self.with_keypoints, chunk_bytes=chunk_bytes
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_path(self, i: int) -> Path:
+        return self.image_dir / self.index.file_names[int(self.rows[i])]
+
+    def annotation_ids(self, i: int) -> np.ndarray:
+        """``int64[N]`` COCO annotation ids of the instances of item ``i`` (before
+        item-time drops of empty masks)."""
+        return self.index.ann_ids[self.index.annotations_of(int(self.rows[i]))]
+
+    def __getitem__(self, i: int) -> Sample:
+        idx = self.index
+        row = int(self.rows[i])
+        path = self.image_dir / idx.file_names[row]
+        image = load_rgb(path, self.skips)
+        h, w = int(idx.heights[row]), int(idx.widths[row])
+        if image.shape[:2] != (h, w):
+            raise DataError(
+                f"{path}: image is {image.shape[0]}x{image.shape[1]} (h x w) but "
+                f"{idx.source} says {h}x{w} for image id={idx.image_ids[row]}. The image or the "
+                f"annotation file is from another release; use matching files."
+            )
+        sl = idx.annotations_of(row)
+        masks = None
+        keep = None
+        if self.with_masks:
+            masks = idx.segments.decode(idx.ann_segments[sl], h, w)  # [N, H, W]
+            keep = masks.any(axis=(1, 2))
+            if not keep.all():
+                for j in np.flatnonzero(~keep):
+                    note_item(
+                        self.skips, "zero-area mask (decodes to no pixel)",
+                        f"annotation id={idx.ann_ids[sl][j]} (image_id={idx.image_ids[row]})",
+                    )
+                masks = masks[keep]
+        def pick(arr: np.ndarray) -> np.ndarray:
+            arr = arr[sl]
+            return arr if keep is None else arr[keep]
+
+        targets = InstanceTargets(
+            boxes=torch.from_numpy(pick(idx.ann_boxes).copy()),
+            labels=torch.from_numpy(pick(idx.ann_labels).copy()),
+            image_size=(h, w),
+            masks=None if masks is None else torch.from_numpy(masks),
+            iscrowd=torch.from_numpy(pick(idx.ann_iscrowd).copy()),
+            keypoints=(
+                torch.from_numpy(pick(idx.ann_keypoints).copy())
+                if self.with_keypoints and idx.ann_keypoints is not None
+                else None
+            ),
+        )
+        meta = SampleMeta(image_id=int(idx.image_ids[row]), file_name=str(path), orig_size=(h, w))
+        return Sample(image=image_tensor(image), meta=meta, instances=targets)

@@ -1,0 +1,265 @@
+"""Compact storage of COCO-style segmentations (polygons, RLE) and lazy decoding to bitmaps.
+
+A COCO-scale annotation file holds ~860k segmentations. Keeping them as the parsed Python
+lists costs gigabytes, so readers copy every segmentation once into flat NumPy arrays
+(``SegmentStore``) while parsing, and decode the few masks of one image at item time with
+pycocotools (``frPyObjects`` + ``merge`` + ``decode``, exactly what ``COCO.annToMask`` does).
+
+Segment kinds:
+    ``NONE``: no segmentation (e.g. a keypoint-only record, or an empty video frame).
+    ``POLYGON``: one or more polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels.
+    ``RLE``: compressed RLE ``{"size": [h, w], "counts": "<LEB128 string>"}``.
+    ``RLE_UNCOMPRESSED``: ``{"size": [h, w], "counts": [n0, n1, ...]}`` (column-major runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+NONE, POLYGON, RLE, RLE_UNCOMPRESSED = 0, 1, 2, 3
+KIND_NAMES = {NONE: "none", POLYGON: "polygon", RLE: "rle", RLE_UNCOMPRESSED: "uncompressed rle"}
+
+# Problems ``SegmentStoreBuilder.add`` reports (the caller turns them into skips / fixes).
+BAD_POLYGON_PART = "polygon part with fewer than 3 points (or an odd number of coordinates) dropped"
+NO_VALID_POLYGON = "polygon with fewer than 3 points"
+BAD_SEGMENTATION = "unreadable segmentation (neither polygons nor an RLE dict)"
+
+
+def _offsets(lengths: list[int] | np.ndarray) -> np.ndarray:
+    """``int64[n + 1]`` start offsets of consecutive runs with the given lengths."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=out[1:])
+    return out
+
+
+@dataclass
+class SegmentStore:
+    """Every segmentation of a dataset in flat arrays; one row per segment.
+
+    Attributes:
+        kind: ``uint8[S]`` one of ``NONE, POLYGON, RLE, RLE_UNCOMPRESSED``.
+        ref: ``int64[S]`` row of the segment in its kind's table (-1 for ``NONE``).
+        rle_size: ``int32[S, 2]`` ``(h, w)`` written in an RLE (0 for polygons).
+        poly_group_offsets: ``int64[G + 1]`` first polygon of each polygon group.
+        poly_offsets: ``int64[P + 1]`` first coordinate of each polygon in ``coords``.
+        coords: ``float64[M]`` all polygon coordinates ``x1, y1, x2, y2, ...``.
+        rle_chars: ``uint8[Mc]`` all compressed RLE strings, back to back.
+        rle_char_offsets: ``int64[R + 1]``.
+        rle_counts: ``uint32[Mu]`` all uncompressed RLE counts, back to back.
+        rle_count_offsets: ``int64[U + 1]``.
+    """
+
+    kind: np.ndarray
+    ref: np.ndarray
+    rle_size: np.ndarray
+    poly_group_offsets: np.ndarray
+    poly_offsets: np.ndarray
+    coords: np.ndarray
+    rle_chars: np.ndarray
+    rle_char_offsets: np.ndarray
+    rle_counts: np.ndarray
+    rle_count_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f).nbytes for f in self.__dataclass_fields__)
+
+    def polygons(self, i: int) -> list[np.ndarray]:
+        """The polygons of segment ``i`` (``float64[2 * points]`` each; empty for non-polygons)."""
+        if self.kind[i] != POLYGON:
+            return []
+        g = self.ref[i]
+        p0, p1 = self.poly_group_offsets[g], self.poly_group_offsets[g + 1]
+        offs = self.poly_offsets[p0 : p1 + 1]
+        return [self.coords[offs[j] : offs[j + 1]] for j in range(len(offs) - 1)]
+
+    def to_rle(self, i: int, height: int, width: int) -> dict | None:
+        """Segment ``i`` as one compressed pycocotools RLE (polygons rasterised at ``h x w``).
+
+        Returns None for a segment of kind ``NONE``. Polygon rasterisation equals
+        ``pycocotools.COCO.annToRLE`` (same coordinates in float64, same calls).
+        """
+        kind = self.kind[i]
+        r = self.ref[i]
+        if kind == POLYGON:
+            polys = [p.tolist() for p in self.polygons(i)]
+            return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+        if kind == RLE:
+            chars = self.rle_chars[self.rle_char_offsets[r] : self.rle_char_offsets[r + 1]]
+            h, w = self.rle_size[i]
+            return {"size": [int(h), int(w)], "counts": chars.tobytes()}
+        if kind == RLE_UNCOMPRESSED:
+            counts = self.rle_counts[self.rle_count_offsets[r] : self.rle_count_offsets[r + 1]]
+            h, w = self.rle_size[i]
+            return mask_utils.frPyObjects(
+                {"size": [int(h), int(w)], "counts": counts.tolist()}, int(h), int(w)
+            )
+        return None
+
+    def decode(self, indices: np.ndarray | list[int], height: int, width: int) -> np.ndarray:
+        """Decode segments to ``bool[N, H, W]`` (a ``NONE`` segment decodes to all False)."""
+        n = len(indices)
+        out = np.zeros((n, height, width), dtype=bool)
+        rles, rows = [], []
+        for row, i in enumerate(indices):
+            rle = self.to_rle(int(i), height, width)
+            if rle is not None:
+                rles.append(rle)
+                rows.append(row)
+        if rles:
+            decoded = mask_utils.decode(rles)  # uint8[H, W, n'] column-major
+            out[rows] = decoded.transpose(2, 0, 1).astype(bool)  # [n', H, W]
+        return out
+
+    def bbox(self, i: int, height: int, width: int) -> np.ndarray:
+        """``float64[4]`` xywh box of segment ``i`` (zeros for ``NONE``), without decoding."""
+        if self.kind[i] == POLYGON:
+            c = np.concatenate(self.polygons(i))
+            xs, ys = c[0::2], c[1::2]
+            return np.array([xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()])
+        rle = self.to_rle(i, height, width)
+        if rle is None:
+            return np.zeros(4)
+        return np.asarray(mask_utils.toBbox(rle), dtype=np.float64)
+
+    @classmethod
+    def empty(cls) -> SegmentStore:
+        return SegmentStoreBuilder().finish()
+
+
+class SegmentStoreBuilder:
+    """Accumulates segmentations while a JSON file is parsed, then packs a ``SegmentStore``.
+
+    Coordinates are buffered in a small Python list and flushed to NumPy every ~1M values,
+    so no per-annotation Python object outlives the parsed chunk it came from.
+    """
+
+    _FLUSH = 1 << 20
+
+    def __init__(self) -> None:
+        self._kind: list[int] = []
+        self._ref: list[int] = []
+        self._size: list[tuple[int, int]] = []
+        self._group_len: list[int] = []
+        self._poly_len: list[int] = []
+        self._coords: list[float] = []
+        self._coord_chunks: list[np.ndarray] = []
+        self._chars: list[bytes] = []
+        self._counts: list[np.ndarray] = []
+
+    def add(self, seg: object) -> str | None:
+        """Store one segmentation; returns a problem string (``BAD_*``/``NO_*``) or None.
+
+        A polygon part with fewer than 3 points is dropped (pycocotools would read a
+        4-number part as a box); when no part is left the segment is stored as ``NONE``
+        and ``NO_VALID_POLYGON`` is returned.
+        """
+        kind = self._kind
+        if seg is None or (isinstance(seg, list) and not seg):
+            kind.append(NONE)
+            self._ref.append(-1)
+            self._size.append((0, 0))
+            return None
+        if isinstance(seg, list):
+            problem = None
+            num = 0
+            coords = self._coords
+            for part in seg:
+                if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
+                    problem = BAD_POLYGON_PART
+                    continue
+                coords.extend(part)
+                self._poly_len.append(len(part))
+                num += 1
+            if num == 0:
+                kind.append(NONE)
+                self._ref.append(-1)
+                self._size.append((0, 0))
+                return NO_VALID_POLYGON
+            kind.append(POLYGON)
+            self._ref.append(len(self._group_len))
+            self._size.append((0, 0))
+            self._group_len.append(num)
+            if len(coords) > self._FLUSH:
+                self._flush()
+            return problem
+        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            counts = seg["counts"]
+            try:
+                h, w = (int(v) for v in seg["size"])
+            except (TypeError, ValueError):
+                return self._bad()
+            if isinstance(counts, str):
+                counts = counts.encode("ascii")
+            if isinstance(counts, bytes):
+                kind.append(RLE)
+                self._ref.append(len(self._chars))
+                self._chars.append(counts)
+            elif isinstance(counts, list):
+                kind.append(RLE_UNCOMPRESSED)
+                self._ref.append(len(self._counts))
+                self._counts.append(np.asarray(counts, dtype=np.uint32))
+            else:
+                return self._bad()
+            self._size.append((h, w))
+            return None
+        return self._bad()
+
+    def _bad(self) -> str:
+        self._kind.append(NONE)
+        self._ref.append(-1)
+        self._size.append((0, 0))
+        return BAD_SEGMENTATION
+
+    def _flush(self) -> None:
+        if self._coords:
+            self._coord_chunks.append(np.array(self._coords, dtype=np.float64))
+            self._coords = []
+
+    def finish(self) -> SegmentStore:
+        self._flush()
+        coords = (
+            np.concatenate(self._coord_chunks) if self._coord_chunks else np.zeros(0, np.float64)
+        )
+        group_len = np.asarray(self._group_len, dtype=np.int64)
+        chars = b"".join(self._chars)
+        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.uint32)
+        store = SegmentStore(
+            kind=np.asarray(self._kind, dtype=np.uint8),
+            ref=np.asarray(self._ref, dtype=np.int64),
+            rle_size=np.asarray(self._size, dtype=np.int32).reshape(-1, 2),
+            poly_group_offsets=_offsets(group_len),
+            poly_offsets=_offsets(self._poly_len),
+            coords=coords,
+            rle_chars=np.frombuffer(chars, dtype=np.uint8).copy(),
+            rle_char_offsets=_offsets([len(c) for c in self._chars]),
+            rle_counts=counts,
+            rle_count_offsets=_offsets([len(c) for c in self._counts]),
+        )
+        self.__init__()  # release the buffers
+        return store
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """``float32[N, 4]`` x1y1x2y2 pixel boxes enclosing ``bool[N, H, W]`` masks (x2/y2 exclusive).
+
+    An empty mask gets the box ``(0, 0, 0, 0)``.
+    """
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    rows = masks.any(axis=2)  # [N, H]
+    cols = masks.any(axis=1)  # [N, W]
+    for i in range(n):
+        ys = np.flatnonzero(rows[i])
+        xs = np.flatnonzero(cols[i])
+        if len(ys):
+            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes
