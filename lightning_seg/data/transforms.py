@@ -365,57 +365,77 @@ def _decode_panoptic(pan: PanopticTargets, code: np.ndarray) -> PanopticTargets:
     )
 
 
-def train_transform(
-    size: tuple[int, int] | None = None,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    hflip_prob: float = 0.5,
-    crop: bool = True,
-    color_jitter: float = 0.0,
-    flip_permutation: list[int] | None = None,
-    ignore_index: int | None = None,
-    seed: int | None = None,
-) -> AlbumentationsTransform:
+class TrainTransform(AlbumentationsTransform):
     """The usual training augmentation: random scale, crop or fit, horizontal flip, colour.
+
+    YAML: ``class_path: lightning_seg.data.transforms.TrainTransform`` with
+    ``init_args: {size: [512, 1024], scale_range: [0.5, 2.0]}``.
 
     Args:
         size: ``(H, W)``. With ``crop`` the scaled image is padded (if smaller) and randomly
             cropped to exactly this size (the semantic-segmentation recipe); without ``crop``
             the image is first resized to fit inside it, keeping the aspect ratio, then scaled
-            (multi-scale training, sizes vary, the collate pads). None: no resize or crop.
-        scale_range: random scale factor range applied to the image; ``(1, 1)`` disables it.
+            (multi-scale training: sizes vary and the collate pads). None: no resize or crop.
+        scale_range: range of the random scale factor; ``(1, 1)`` disables it.
         hflip_prob: probability of a horizontal flip (keypoints swap left/right).
         crop: random crop to ``size`` (True) or fit inside ``size`` (False).
         color_jitter: strength of brightness / contrast / saturation jitter (0 disables).
         flip_permutation, ignore_index, seed: see ``AlbumentationsTransform``.
     """
-    ops: list = []
-    if size is not None and not crop:
-        ops.append(A.LongestMaxSize(max_size_hw=tuple(size), p=1.0))
-    lo, hi = scale_range
-    if (lo, hi) != (1.0, 1.0):
-        ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0))
-    if size is not None and crop:
-        ops.append(A.RandomCrop(height=size[0], width=size[1], pad_if_needed=True, p=1.0))
-    if hflip_prob > 0:
-        ops.append(A.HorizontalFlip(p=hflip_prob))
-    if color_jitter > 0:
-        ops.append(
-            A.ColorJitter(
-                brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=1.0
+
+    def __init__(
+        self,
+        size: tuple[int, int] | None = None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip_prob: float = 0.5,
+        crop: bool = True,
+        color_jitter: float = 0.0,
+        flip_permutation: list[int] | None = None,
+        ignore_index: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        ops: list = []
+        if size is not None and not crop:
+            ops.append(A.LongestMaxSize(max_size_hw=tuple(size), p=1.0))
+        lo, hi = scale_range
+        if (lo, hi) != (1.0, 1.0):
+            ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0))
+        if size is not None and crop:
+            ops.append(A.RandomCrop(height=size[0], width=size[1], pad_if_needed=True, p=1.0))
+        if hflip_prob > 0:
+            ops.append(A.HorizontalFlip(p=hflip_prob))
+        if color_jitter > 0:
+            ops.append(
+                A.ColorJitter(
+                    brightness=color_jitter,
+                    contrast=color_jitter,
+                    saturation=color_jitter,
+                    hue=0.0,
+                    p=1.0,
+                )
             )
-        )
-    return AlbumentationsTransform(ops, flip_permutation, ignore_index, seed)
+        super().__init__(ops, flip_permutation, ignore_index, seed)
 
 
-def eval_transform(
-    size: tuple[int, int] | None = None, ignore_index: int | None = None
-) -> AlbumentationsTransform:
-    """Deterministic evaluation transform.
+class EvalTransform(AlbumentationsTransform):
+    """Deterministic evaluation transform: optionally fit the image inside ``size``.
 
     Args:
         size: ``(H, W)`` to fit the image inside (aspect ratio kept); None keeps the image as is.
             Models map predictions back to ``meta.orig_size``.
         ignore_index: see ``AlbumentationsTransform``.
     """
-    ops = [] if size is None else [A.LongestMaxSize(max_size_hw=tuple(size), p=1.0)]
-    return AlbumentationsTransform(ops, flip_permutation=None, ignore_index=ignore_index, seed=0)
+
+    def __init__(self, size: tuple[int, int] | None = None, ignore_index: int | None = None) -> None:
+        ops = [] if size is None else [A.LongestMaxSize(max_size_hw=tuple(size), p=1.0)]
+        super().__init__(ops, flip_permutation=None, ignore_index=ignore_index, seed=0)
+
+
+def train_transform(**kwargs) -> TrainTransform:
+    """``TrainTransform(**kwargs)`` (for Python code that prefers a builder function)."""
+    return TrainTransform(**kwargs)
+
+
+def eval_transform(**kwargs) -> EvalTransform:
+    """``EvalTransform(**kwargs)``."""
+    return EvalTransform(**kwargs)
