@@ -1,0 +1,244 @@
+"""COCO instances / keypoints and LVIS readers against pycocotools."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from lightning_seg.data.formats import CocoIndex, CocoInstanceDataset, LvisDataset
+from lightning_seg.data.formats.jsonio import load_json_chunked
+
+
+def _ann_masks(coco: COCO, ann_ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if len(ann_ids) == 0:
+        return np.zeros((0, *shape), dtype=bool)
+    return np.stack([coco.annToMask(coco.anns[int(a)]) for a in ann_ids]).astype(bool)
+
+
+def test_coco_mini_masks_equal_ann_to_mask(shared_data):
+    root = shared_data / "instance" / "coco_mini"
+    ann_file = root / "annotations" / "instances.json"
+    ds = CocoInstanceDataset(root / "images", ann_file)
+    coco = COCO(str(ann_file))
+    assert len(ds) == 6 and ds.index.num_annotations == 36
+    assert ds.info.num_classes == 80 and ds.info.category_ids[-1] == 90
+    seen_crowd = seen_empty = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        ids = ds.annotation_ids(i)
+        ref = _ann_masks(coco, ids, s.image_size)
+        assert np.array_equal(s.instances.masks.numpy(), ref)
+        anns = [coco.anns[int(a)] for a in ids]
+        cat_index = ds.info.id_to_index
+        assert s.instances.labels.tolist() == [cat_index[a["category_id"]] for a in anns]
+        assert s.instances.iscrowd.tolist() == [bool(a["iscrowd"]) for a in anns]
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        np.testing.assert_allclose(s.instances.boxes.numpy(), boxes, atol=1e-3)
+        assert s.meta.image_id == coco.imgs[s.meta.image_id]["id"]
+        assert s.image.dtype.is_floating_point is False and s.image.shape[0] == 3
+        seen_crowd += int(s.instances.iscrowd.sum())
+        seen_empty += len(s.instances) == 0
+    assert seen_crowd == 1 and seen_empty == 1
+
+
+def test_chunked_parse_equals_full_parse(shared_data):
+    ann_file = shared_data / "instance" / "coco_mini" / "annotations" / "instances.json"
+    slices = []
+    top = load_json_chunked(ann_file, "annotations", slices.append, chunk_bytes=1)
+    assert len(slices) == 36 and top["annotations"] == []  # one record per slice
+    full = json.loads(ann_file.read_text())
+    assert [a for s in slices for a in s] == full["annotations"]
+    assert top["images"] == full["images"]
+    small = CocoIndex.build(ann_file, chunk_bytes=1)
+    big = CocoIndex.build(ann_file)
+    for name in ("ann_ids", "ann_boxes", "ann_labels", "image_ann_offsets"):
+        assert np.array_equal(getattr(small, name), getattr(big, name))
+    assert np.array_equal(small.segments.coords, big.segments.coords)
+
+
+def test_chunk_boundaries_ignore_lookalikes(tmp_path):
+    # Nested '}, {"id"' (a list of objects inside a record) and '}]' inside strings must not
+    # be taken for record boundaries: such a cut does not parse and is never accepted.
+    anns = [{"id": k, "parts": [{"id": 1}, {"id": 2}], "image_id": 1, "category_id": 1,
+             "note": "x}]"} for k in range(1, 6)]
+    doc = {"annotations": anns, "images": [{"id": 1}], "categories": []}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(doc))
+    slices, resets = [], []
+    top = load_json_chunked(path, "annotations", slices.append, chunk_bytes=1,
+                            reset=lambda: (resets.append(1), slices.clear()))
+    assert [a for s in slices for a in s] == anns and top["images"] == [{"id": 1}]
+    # The nested key "annotations" of another object is not the top-level array.
+    doc = {"info": {"annotations": [{"id": 0}]}, "annotations": anns, "images": []}
+    path.write_text(json.dumps(doc))
+    slices.clear()
+    top = load_json_chunked(path, "annotations", slices.append, chunk_bytes=1,
+                            reset=lambda: (resets.append(1), slices.clear()))
+    assert [a for s in slices for a in s] == anns and top["info"] == doc["info"]
+    assert resets  # the second file needed the whole-file fallback
+
+
+def _write_image(path, h, w, mode="RGB"):
+    arr = (np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+def _tiny_coco(tmp_path):
+    """Two odd-sized images: polygons, compressed + uncompressed RLE, crowd; one empty image."""
+    (tmp_path / "img").mkdir()
+    _write_image(tmp_path / "img" / "a.png", 37, 45)
+    _write_image(tmp_path / "img" / "b.png", 21, 30)
+    _write_image(tmp_path / "img" / "c.png", 15, 17)
+    m = np.zeros((37, 45), dtype=np.uint8)
+    m[5:20, 8:30] = 1
+    crle = mask_utils.encode(np.asfortranarray(m))
+    crle["counts"] = crle["counts"].decode()
+    m2 = np.zeros((37, 45), dtype=np.uint8)
+    m2[25:35, 1:9] = 1
+    flat = m2.ravel(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    doc = {
+        "images": [
+            {"id": 7, "file_name": "a.png", "height": 37, "width": 45},
+            {"id": 3, "file_name": "b.png", "height": 21, "width": 30},
+            {"id": 11, "file_name": "c.png", "height": 15, "width": 17},
+        ],
+        "categories": [{"id": 9, "name": "nine"}, {"id": 2, "name": "two"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 9, "iscrowd": 0, "area": 100.0,
+             "bbox": [3.5, 4.25, 20, 12], "segmentation": [[3.5, 4.25, 23.5, 4.25, 23.5, 16.25,
+                                                          3.5, 16.25], [30, 30, 40, 30, 35, 36]]},
+            {"id": 2, "image_id": 3, "category_id": 2, "iscrowd": 0, "area": 50.0,
+             "bbox": [1, 1, 10, 5], "segmentation": [[1, 1, 11, 1, 11, 6, 1, 6]]},
+            {"id": 3, "image_id": 7, "category_id": 2, "iscrowd": 1, "area": float(m.sum()),
+             "bbox": list(mask_utils.toBbox(crle)), "segmentation": crle},
+            {"id": 4, "image_id": 7, "category_id": 9, "iscrowd": 0, "area": float(m2.sum()),
+             "bbox": [1, 25, 8, 10], "segmentation": {"size": [37, 45], "counts": runs}},
+        ],
+    }
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(doc))
+    return tmp_path / "img", ann_file
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])
+def test_tiny_coco_all_segmentation_kinds(tmp_path, chunk_bytes):
+    image_dir, ann_file = _tiny_coco(tmp_path)
+    ds = CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+    coco = COCO(str(ann_file))
+    assert ds.info.category_ids == [2, 9] and ds.info.class_names == ["two", "nine"]
+    sizes = []
+    for i in range(len(ds)):
+        s = ds[i]
+        sizes.append(s.image_size)
+        ref = _ann_masks(coco, ds.annotation_ids(i), s.image_size)
+        assert np.array_equal(s.instances.masks.numpy(), ref)
+    assert sizes == [(37, 45), (21, 30), (15, 17)]
+    a = ds[0]
+    assert ds.annotation_ids(0).tolist() == [1, 3, 4]
+    assert a.instances.labels.tolist() == [1, 0, 1]
+    assert a.instances.iscrowd.tolist() == [False, True, False]
+    assert len(ds[2].instances) == 0 and ds[2].instances.masks.shape == (0, 15, 17)
+    assert ds.skips.num_skipped == 0 and ds.skips.num_fixed == 0
+    assert len(CocoInstanceDataset(image_dir, ann_file, drop_empty=True)) == 2
+
+
+def test_boxes_only_and_missing_bbox(tmp_path):
+    image_dir, ann_file = _tiny_coco(tmp_path)
+    doc = json.loads(ann_file.read_text())
+    del doc["annotations"][1]["bbox"]
+    ann_file.write_text(json.dumps(doc))
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.fixed["bbox computed from the segmentation"] == 1
+    assert ds[1].instances.boxes.tolist() == [[1.0, 1.0, 11.0, 6.0]]
+    nomask = CocoInstanceDataset(image_dir, ann_file, with_masks=False)
+    assert nomask[0].instances.masks is None and len(nomask[0].instances) == 3
+    assert nomask.skips.skipped["annotation without bbox or segmentation"] == 1
+
+
+def test_keypoints_coco_mini(shared_data):
+    root = shared_data / "instance" / "coco_mini"
+    ann_file = root / "annotations" / "person_keypoints.json"
+    ds = CocoInstanceDataset(root / "images", ann_file, with_masks=False, with_keypoints=True)
+    coco = COCO(str(ann_file))
+    info = ds.info
+    assert info.num_keypoints == 17 and len(info.keypoint_sigmas) == 17
+    assert (1, 2) in info.keypoint_flip_map and (15, 16) in info.keypoint_flip_map
+    assert len(info.keypoint_flip_map) == 8 and (15, 13) in info.skeleton
+    total = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        ref = [coco.anns[int(a)]["keypoints"] for a in ds.annotation_ids(i)]
+        kp = s.instances.keypoints.numpy()
+        assert kp.shape == (len(ref), 17, 3)
+        np.testing.assert_array_equal(kp.reshape(len(ref), -1), np.array(ref).reshape(len(ref), -1))
+        total += len(ref)
+    assert total == 10
+
+
+def test_keypoints_mmpose_coco(shared_data):
+    root = shared_data / "keypoints" / "mmpose_samples" / "coco"
+    ds = CocoInstanceDataset(root, root / "test_coco.json", with_masks=True, with_keypoints=True)
+    coco = COCO(str(root / "test_coco.json"))
+    assert len(ds) == len(coco.imgs)
+    for i in range(len(ds)):
+        s = ds[i]
+        ids = ds.annotation_ids(i)
+        assert np.array_equal(s.instances.masks.numpy(), _ann_masks(coco, ids, s.image_size))
+        v = s.instances.keypoints[..., 2]
+        assert set(v.unique().tolist()) <= {0.0, 1.0, 2.0}
+
+
+def _tiny_lvis(tmp_path):
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    _write_image(tmp_path / "coco" / "val2017" / "000000000001.jpg", 19, 23)
+    _write_image(tmp_path / "coco" / "val2017" / "000000000002.jpg", 13, 11)
+    doc = {
+        "images": [
+            {"id": 1, "height": 19, "width": 23, "neg_category_ids": [5, 3],
+             "not_exhaustive_category_ids": [1],
+             "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg"},
+            {"id": 2, "height": 13, "width": 11, "neg_category_ids": [],
+             "not_exhaustive_category_ids": [],
+             "coco_url": "http://images.cocodataset.org/val2017/000000000002.jpg"},
+        ],
+        "categories": [
+            {"id": 1, "name": "aerosol_can", "frequency": "c"},
+            {"id": 3, "name": "alarm_clock", "frequency": "r"},
+            {"id": 5, "name": "apple", "frequency": "f"},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 5, "area": 30.0, "bbox": [2, 2, 6, 5],
+             "segmentation": [[2, 2, 8, 2, 8, 7, 2, 7]]},
+        ],
+    }
+    ann_file = tmp_path / "lvis_v1_val.json"
+    ann_file.write_text(json.dumps(doc))
+    return ann_file
+
+
+def test_lvis_federated_lists_and_coco_url(tmp_path):
+    ann_file = _tiny_lvis(tmp_path)
+    for image_dir in (tmp_path / "coco", tmp_path / "coco" / "val2017"):
+        ds = LvisDataset(image_dir, ann_file)
+        assert ds.image_path(0) == tmp_path / "coco" / "val2017" / "000000000001.jpg"
+        s = ds[0]
+        assert s.image_size == (19, 23) and len(s.instances) == 1
+        assert s.instances.iscrowd.tolist() == [False]
+        assert s.instances.labels.tolist() == [2]
+    assert ds.neg_category_ids(0).tolist() == [5, 3]
+    assert ds.not_exhaustive_category_ids(0).tolist() == [1]
+    neg, not_exhaustive = ds.federated_labels(0)
+    assert neg.tolist() == [2, 1] and not_exhaustive.tolist() == [0]
+    assert ds.neg_category_ids(1).tolist() == []
+    assert ds.category_frequency == ["c", "r", "f"]
+    mask = ds[0].instances.masks[0].numpy()
+    ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[2, 2, 8, 2, 8, 7, 2, 7]], 19, 23)))
+    assert np.array_equal(mask, ref.astype(bool))
