@@ -185,3 +185,168 @@ def test_fpn_on_resnet_backbone_and_bad_config():
         assert x.shape[-2] == math.ceil(45 / fpn.strides[name])
     with pytest.raises(ValueError, match="in_features"):
         FPN(backbone.out_channels, backbone.strides, in_features=("c2", "c6"))
+
+
+# --------------------------------------------------------------------------- RPN
+RPN_SIZES = ((8,), (16,), (32,), (64,), (128,))
+RPN_RATIOS = ((0.5, 1.0, 2.0),) * 5
+PADDED = (64, 96)
+IMAGE_SIZES = [(64, 96), (50, 70)]  # unequal sizes in one padded batch
+
+
+def _rpn_pair(channels: int = 8, **kwargs):
+    """Our RPN and torchvision's with the same (non-default, std 0.1) head weights."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+    from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+
+    from lightning_seg.models.heads.anchors import AnchorGenerator
+    from lightning_seg.models.heads.rpn import RPN, RPNHead, rpn_key_map_from_torchvision
+
+    cfg = dict(
+        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=64, positive_fraction=0.5,
+        pre_nms_top_n_train=120, post_nms_top_n_train=70, pre_nms_top_n_test=90, post_nms_top_n_test=40,
+        nms_thresh=0.7, score_thresh=0.0,
+    )
+    cfg.update(kwargs)
+    tv_head = TVRPNHead(channels, 3)
+    for p in tv_head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    tv = RegionProposalNetwork(
+        TVAnchorGenerator(RPN_SIZES, RPN_RATIOS), tv_head,
+        cfg["fg_iou_thresh"], cfg["bg_iou_thresh"], cfg["batch_size_per_image"], cfg["positive_fraction"],
+        dict(training=cfg["pre_nms_top_n_train"], testing=cfg["pre_nms_top_n_test"]),
+        dict(training=cfg["post_nms_top_n_train"], testing=cfg["post_nms_top_n_test"]),
+        cfg["nms_thresh"], cfg["score_thresh"],
+    )
+    ours = RPN(RPNHead(channels, 3), AnchorGenerator(RPN_SIZES, RPN_RATIOS, (4, 8, 16, 32, 64)), **cfg)
+    key_map = rpn_key_map_from_torchvision(src_prefix="", dst_prefix="")
+    ours.load_state_dict({key_map[k]: v for k, v in tv.state_dict().items()})
+    return ours, tv
+
+
+def _rpn_inputs(channels: int = 8):
+    from torchvision.models.detection.image_list import ImageList
+
+    from lightning_seg.structures.targets import InstanceTargets
+
+    grids = _fpn_grid_sizes(*PADDED)
+    feats = {f"p{i + 2}": torch.randn(2, channels, h, w) for i, (h, w) in enumerate(grids)}
+    images = ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES)
+    boxes = [
+        torch.tensor([[4.0, 6.0, 30.0, 40.0], [50.0, 10.0, 90.0, 28.0], [20.0, 30.0, 36.0, 62.0]]),
+        torch.tensor([[10.0, 12.0, 22.0, 20.0], [30.0, 5.0, 69.0, 49.0]]),
+    ]
+    targets = [
+        InstanceTargets(boxes=b, labels=torch.zeros(len(b), dtype=torch.int64), image_size=s)
+        for b, s in zip(boxes, IMAGE_SIZES)
+    ]
+    return feats, images, targets
+
+
+def test_rpn_eval_proposals_match_torchvision():
+    ours, tv = _rpn_pair()
+    feats, images, _ = _rpn_inputs()
+    ours.eval(), tv.eval()
+    with torch.no_grad():
+        ref_boxes, _ = tv(images, dict(feats))
+        raw = ours(feats, IMAGE_SIZES)
+        boxes, scores = ours.predict_with_scores(raw)
+    assert [r.shape for r in raw.objectness] == [(2, 3, h, w) for h, w in _fpn_grid_sizes(*PADDED)]
+    assert [d.shape[1] for d in raw.box_deltas] == [12] * 5
+    for b, s, r, (h, w) in zip(boxes, scores, ref_boxes, IMAGE_SIZES):
+        assert 0 < b.shape[0] <= 40
+        torch.testing.assert_close(b, r, atol=0, rtol=0)
+        assert (b[:, 2] <= w).all() and (b[:, 3] <= h).all() and (b >= 0).all()
+        assert (s[:-1] >= s[1:]).all()
+    assert all(torch.equal(a, b) for a, b in zip(ours.predict(raw), boxes))
+
+
+def test_rpn_train_losses_and_proposals_match_torchvision():
+    ours, tv = _rpn_pair()
+    feats, images, targets = _rpn_inputs()
+    ours.train(), tv.train()
+    raw = ours(feats, IMAGE_SIZES)
+    torch.manual_seed(7)
+    losses = ours.loss(raw, targets)
+    proposals = ours.predict(raw)
+    torch.manual_seed(7)
+    ref_boxes, ref_losses = tv(images, dict(feats), [{"boxes": t.boxes} for t in targets])
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box"}
+    torch.testing.assert_close(losses["loss_rpn_cls"], ref_losses["loss_objectness"], atol=0, rtol=0)
+    torch.testing.assert_close(losses["loss_rpn_box"], ref_losses["loss_rpn_box_reg"], atol=0, rtol=0)
+    assert losses["loss_rpn_box"] > 0
+    for b, r in zip(proposals, ref_boxes):
+        assert b.shape[0] <= 70
+        torch.testing.assert_close(b, r, atol=0, rtol=0)
+    # a different draw gives a different objectness loss: the seeded comparison is not vacuous
+    torch.manual_seed(8)
+    assert ours.loss(raw, targets)["loss_rpn_cls"] != losses["loss_rpn_cls"]
+
+
+def test_rpn_gradients_match_torchvision_without_sampling():
+    # every anchor sampled: the comparison does not depend on the RNG
+    ours, tv = _rpn_pair(batch_size_per_image=10**6, positive_fraction=1.0, fg_iou_thresh=0.5)
+    feats, images, targets = _rpn_inputs()
+    ours.train(), tv.train()
+    losses = ours.loss(ours(feats, IMAGE_SIZES), targets)
+    _, ref_losses = tv(images, dict(feats), [{"boxes": t.boxes} for t in targets])
+    sum(losses.values()).backward()
+    sum(ref_losses.values()).backward()
+    torch.testing.assert_close(losses["loss_rpn_cls"], ref_losses["loss_objectness"])
+    torch.testing.assert_close(losses["loss_rpn_box"], ref_losses["loss_rpn_box_reg"])
+    torch.testing.assert_close(ours.head.conv.weight.grad, tv.head.conv[0][0].weight.grad)
+    torch.testing.assert_close(ours.head.box_deltas.weight.grad, tv.head.bbox_pred.weight.grad)
+
+
+def test_rpn_empty_and_crowd_targets():
+    from lightning_seg.structures.targets import InstanceTargets
+
+    ours, _ = _rpn_pair()
+    feats, _, targets = _rpn_inputs()
+    ours.train()
+    empty = [InstanceTargets.empty(s, with_masks=False) for s in IMAGE_SIZES]
+    raw = ours(feats, IMAGE_SIZES)
+    torch.manual_seed(3)
+    losses = ours.loss(raw, empty)
+    assert losses["loss_rpn_box"].item() == 0.0
+    assert torch.isfinite(losses["loss_rpn_cls"]) and losses["loss_rpn_cls"] > 0
+    sum(losses.values()).backward()
+    assert ours.head.objectness_logits.weight.grad is not None
+    assert torch.isfinite(ours.head.objectness_logits.weight.grad).all()
+
+    # crowd (and degenerate) boxes do not match: such an image is a background image
+    crowd = [
+        InstanceTargets(
+            boxes=torch.cat([t.boxes, torch.tensor([[5.0, 5.0, 5.0, 20.0]])]),
+            labels=torch.zeros(len(t) + 1, dtype=torch.int64),
+            image_size=t.image_size,
+            iscrowd=torch.tensor([True] * len(t) + [False]),
+        )
+        for t in targets
+    ]
+    raw = ours(feats, IMAGE_SIZES)
+    torch.manual_seed(3)
+    crowd_losses = ours.loss(raw, crowd)
+    assert crowd_losses["loss_rpn_box"].item() == 0.0
+    torch.testing.assert_close(crowd_losses["loss_rpn_cls"], losses["loss_rpn_cls"])
+
+    # one empty image beside one with boxes: finite, positive box loss
+    torch.manual_seed(3)
+    mixed = ours.loss(raw, [targets[0], empty[1]])
+    assert mixed["loss_rpn_box"] > 0 and torch.isfinite(mixed["loss_rpn_cls"])
+
+
+def test_rpn_top_k_settings_and_bad_config():
+    from lightning_seg.models.heads.anchors import AnchorGenerator
+    from lightning_seg.models.heads.rpn import RPN, RPNHead
+
+    ours, _ = _rpn_pair(pre_nms_top_n_train=5, post_nms_top_n_train=4, pre_nms_top_n_test=30, post_nms_top_n_test=12)
+    feats, _, _ = _rpn_inputs()
+    raw = ours(feats, IMAGE_SIZES)
+    assert all(p.shape[0] <= 4 for p in ours.train().predict(raw))
+    assert all(4 < p.shape[0] <= 12 for p in ours.eval().predict(raw))
+    with pytest.raises(ValueError, match="anchors per location"):
+        RPN(RPNHead(8, 2), AnchorGenerator())
+    with pytest.raises(ValueError, match="levels"):
+        RPN(RPNHead(8, 3), AnchorGenerator(), in_features=("p2", "p3"))
