@@ -353,7 +353,7 @@ class CocoIndex:
                 j = bad[0]
                 raise DataError(
                     f"{path}: {describe(j)} has an RLE of size "
-                    f"{tuple(segments.rle_size[j])} but its image is "
+                    f"{tuple(segments.rle_size[j].tolist())} but its image is "
                     f"{(int(heights[rows[j]]), int(widths[rows[j]]))} (h, w) "
                     f"({len(bad)} such annotation(s)). Re-encode the RLE at the image size or "
                     f"fix the image's height/width in 'images'."

@@ -246,8 +246,8 @@ class YouTubeVISDataset(Dataset):
                 j = bad[0]
                 raise DataError(
                     f"{path}: track id={track_of[j]} frame {frame_of[j] - self.video_offsets[video_of[j]]} "
-                    f"has an RLE of size {tuple(store.rle_size[j])} but its video is "
-                    f"{tuple(hw[j])} (h, w). Re-encode the RLE or fix the video's height/width."
+                    f"has an RLE of size {tuple(store.rle_size[j].tolist())} but its video is "
+                    f"{tuple(hw[j].tolist())} (h, w). Re-encode the RLE or fix the video's height/width."
                 )
         boxes = np.asarray(boxes, dtype=np.float64).reshape(num, 4)
         for j in np.flatnonzero(np.isnan(boxes).any(axis=1) & keep):

@@ -1,0 +1,215 @@
+"""Bad input (issue #2 section 5): every case errors with file + record + fix, or is counted."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from lightning_seg.data.formats import CocoInstanceDataset, LabelPngDataset, camvid_dataset
+from lightning_seg.data.io import DataError
+from lightning_seg.structures import DatasetInfo
+
+H, W = 21, 27
+
+
+def _ann(id_, **kw):
+    base = {"id": id_, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 40.0,
+            "bbox": [2, 2, 8, 5], "segmentation": [[2, 2, 10, 2, 10, 7, 2, 7]]}
+    base.update(kw)
+    return base
+
+
+def _coco(tmp_path, anns, image_mode="RGB", write_image=True, categories=None):
+    image_dir = tmp_path / "images"
+    image_dir.mkdir(exist_ok=True)
+    if write_image:
+        arr = (np.arange(H * W * 3) % 200).astype(np.uint8).reshape(H, W, 3)
+        img = Image.fromarray(arr)
+        if image_mode == "I;16":
+            img = Image.fromarray(arr[..., 0].astype(np.uint16) * 300)  # mode I;16
+        elif image_mode != "RGB":
+            img = img.convert(image_mode)
+        img.save(image_dir / "a.png")
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+        "categories": categories or [{"id": 1, "name": "thing"}],
+        "annotations": anns,
+    }
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(doc))
+    return image_dir, ann_file
+
+
+def test_missing_image_file_errors_at_item_time(tmp_path):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1)], write_image=False)
+    ds = CocoInstanceDataset(image_dir, ann_file)  # indexing does not touch image files
+    with pytest.raises(DataError, match=r"a\.png: image file not found.*Check the dataset root"):
+        ds[0]
+
+
+def test_corrupt_image_errors_at_item_time(tmp_path):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1)])
+    (image_dir / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    with pytest.raises(DataError, match=r"a\.png: cannot decode image.*re-download"):
+        ds[0]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])
+def test_truncated_and_malformed_json(tmp_path, chunk_bytes):
+    image_dir, ann_file = _coco(tmp_path, [_ann(k) for k in range(1, 6)])
+    text = ann_file.read_text()
+    ann_file.write_text(text[: len(text) * 2 // 3])
+    with pytest.raises(DataError, match=r"ann\.json: malformed JSON at line \d+ column \d+"):
+        CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+    ann_file.write_text(text.replace('"area": 40.0', '"area": 40.0,,', 1))
+    with pytest.raises(DataError, match=r"malformed JSON.*truncated or not valid JSON"):
+        CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+    ann_file.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+    ann_file.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(DataError, match="no 'images' list"):
+        CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+
+
+def test_unknown_category_id_errors_at_index_time(tmp_path):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(77, category_id=5)])
+    with pytest.raises(DataError, match=r"annotation id=77 \(image_id=1\) category_id=5.*add the"):
+        CocoInstanceDataset(image_dir, ann_file)
+
+
+def test_annotation_for_unknown_image_is_skipped_and_counted(tmp_path):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(2, image_id=99)])
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.skipped["annotation for an image id not in 'images'"] == 1
+    assert len(ds[0].instances) == 1
+
+
+def test_polygon_with_fewer_than_3_points(tmp_path):
+    anns = [
+        _ann(1, segmentation=[[2, 2, 10, 2]]),  # 2 points: pycocotools would read a box
+        _ann(2, segmentation=[[2, 2, 10, 2, 10, 7, 2, 7], [1, 1, 3, 3]]),  # one bad part
+        _ann(3, segmentation=[[2, 2, 10, 2, 10]]),  # odd length
+    ]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.skipped["polygon with fewer than 3 points"] == 2
+    assert ds.skips.fixed[
+        "polygon part with fewer than 3 points (or an odd number of coordinates) dropped"
+    ] == 1
+    assert "annotation id=1" in ds.skips.summary()
+    s = ds[0]
+    assert ds.annotation_ids(0).tolist() == [2]
+    ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[2, 2, 10, 2, 10, 7, 2, 7]], H, W)))
+    assert np.array_equal(s.instances.masks[0].numpy(), ref.astype(bool))
+
+
+def test_rle_of_another_size_errors(tmp_path):
+    m = np.zeros((H + 1, W), np.uint8, order="F")
+    m[3:8, 3:9] = 1
+    rle = mask_utils.encode(m)
+    rle["counts"] = rle["counts"].decode()
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(5, segmentation=rle, iscrowd=1)])
+    with pytest.raises(DataError, match=rf"annotation id=5.*RLE of size \({H + 1}, {W}\).*Re-encode"):
+        CocoInstanceDataset(image_dir, ann_file)
+
+
+def test_box_outside_image_is_clipped_and_counted(tmp_path):
+    anns = [_ann(1, bbox=[-3, 15, 40, 20]), _ann(2, bbox=[2, 2, 8, 5])]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.fixed["box outside the image clipped"] == 1
+    assert ds[0].instances.boxes.tolist() == [[0, 15, W, H], [2, 2, 10, 7]]
+
+
+def test_zero_area_box_and_mask_are_skipped_and_counted(tmp_path, caplog):
+    anns = [
+        _ann(1, bbox=[5, 5, 0, 4]),  # zero width
+        _ann(2, bbox=[30, 2, 5, 5]),  # entirely right of the image: empty after clipping
+        _ann(3, area=0),
+        _ann(4, segmentation=[[40, 30, 50, 30, 50, 40]]),  # outside: decodes to no pixel
+        _ann(5),
+    ]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    with caplog.at_level(logging.WARNING, logger="lightning_seg.data"):
+        ds = CocoInstanceDataset(image_dir, ann_file)
+        assert ds.skips.skipped["zero-area box"] == 2
+        assert ds.skips.skipped["zero-area mask (area == 0)"] == 1
+        s = ds[0]
+        ds[0]
+    assert ds.annotation_ids(0).tolist() == [4, 5]
+    assert len(s.instances) == 1 and s.instances.masks.shape == (1, H, W)
+    assert ds.skips.skipped["zero-area mask (decodes to no pixel)"] == 2  # counted per read
+    index_warnings = [r for r in caplog.records if "zero-area box" in r.getMessage()]
+    item_warnings = [r for r in caplog.records if "decodes to no pixel" in r.getMessage()]
+    assert len(index_warnings) == 1 and len(item_warnings) == 1  # reported once
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
+def test_grayscale_rgba_16bit_images_are_converted_and_counted(tmp_path, mode):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1)], image_mode=mode)
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    s = ds[0]
+    assert s.image.shape == (3, H, W) and s.image.dtype.is_floating_point is False
+    reason = next(iter(ds.skips.fixed))
+    assert reason.startswith("converted") and reason.endswith("image to RGB")
+    if mode == "I;16":
+        assert int(s.image.max()) == 255 and int(s.image.min()) == 0
+
+
+def test_image_size_differs_from_json(tmp_path):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1)])
+    Image.fromarray(np.zeros((H + 2, W, 3), np.uint8)).save(image_dir / "a.png")
+    with pytest.raises(DataError, match=r"image is 23x27 .* says 21x27.*matching files"):
+        CocoInstanceDataset(image_dir, ann_file)[0]
+
+
+def _pair(tmp_path, label: np.ndarray, image_shape=(H, W)):
+    Image.fromarray(np.zeros((*image_shape, 3), np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(label.astype(np.uint8)).save(tmp_path / "lab.png")
+    return [(tmp_path / "img.png", tmp_path / "lab.png")]
+
+
+def test_label_png_of_another_size(tmp_path):
+    pairs = _pair(tmp_path, np.zeros((H, W + 1)))
+    ds = LabelPngDataset(pairs, DatasetInfo(class_names=["a", "b"]))
+    with pytest.raises(DataError, match=r"lab\.png: label map is 21x28 .*img\.png is 21x27"):
+        ds[0]
+
+
+def test_label_values_out_of_range(tmp_path):
+    label = np.zeros((H, W))
+    label[3, 4] = 7
+    label[5, 5] = 255  # void is fine
+    ds = LabelPngDataset(_pair(tmp_path, label), DatasetInfo(class_names=["a", "b"]))
+    with pytest.raises(DataError, match=r"lab\.png: label values \[7\] are out of range"):
+        ds[0]
+    label[3, 4] = 1
+    assert LabelPngDataset(_pair(tmp_path, label), DatasetInfo(class_names=["a", "b"]))[0] is not None
+
+
+def test_camvid_value_out_of_table(tmp_path):
+    for sub in ("train", "trainannot"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "train" / "x.png")
+    Image.fromarray(np.full((5, 6), 12, np.uint8)).save(tmp_path / "trainannot" / "x.png")
+    with pytest.raises(DataError, match=r"label values \[12\] are out of range"):
+        camvid_dataset(tmp_path, "train")[0]
+
+
+def test_missing_file_in_list_errors_at_construction(tmp_path):
+    for sub in ("train", "trainannot"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "train" / "x.png")
+    (tmp_path / "train.txt").write_text("/SegNet/CamVid/train/x.png /SegNet/CamVid/trainannot/x.png\n")
+    with pytest.raises(DataError, match=r"train\.txt: pair 0 \(x\.png\) refers to a missing file"):
+        camvid_dataset(tmp_path, "train")
+    (tmp_path / "train.txt").write_text("train/x.png\n")
+    with pytest.raises(DataError, match=r"train\.txt:1: expected 2 path"):
+        camvid_dataset(tmp_path, "train")
