@@ -90,3 +90,22 @@ class Collate:
             panoptic=panoptic,
         )
 
+
+
+class ClipCollate(Collate):
+    """Collate video clips (``list[Sample]`` of T frames each) into one ``Batch`` of frames.
+
+    The B clips are flattened clip-major: frame ``t`` of clip ``b`` is batch row ``b * T + t``;
+    ``Batch.extra["clip_length"] = T``. ``meta[i].video_id`` / ``frame_index`` name each frame,
+    and instance ``track_ids`` link objects across the frames of a clip. A single ``Sample`` is
+    a clip of one frame.
+    """
+
+    def __call__(self, clips: Sequence[Sample | Sequence[Sample]]) -> Batch:
+        clips = [[c] if isinstance(c, Sample) else list(c) for c in clips]
+        lengths = {len(c) for c in clips}
+        if len(lengths) != 1:
+            raise ValueError(f"clips of one batch must have the same length, got {sorted(lengths)}")
+        batch = super().__call__([frame for clip in clips for frame in clip])
+        batch.extra["clip_length"] = lengths.pop()
+        return batch

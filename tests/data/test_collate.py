@@ -78,3 +78,15 @@ def test_batch_moves_to_device():
     batch = Collate()([_sample(9, 11, 1, 0)])
     moved = batch.to("cpu")
     assert moved.images.shape == batch.images.shape
+
+
+def test_clip_collate_flattens_clip_major():
+    from lightning_seg.data.collate import ClipCollate
+
+    clips = [[_sample(9, 11, 1, 0), _sample(9, 11, 1, 1)], [_sample(13, 7, 0, 2), _sample(13, 7, 2, 3)]]
+    batch = ClipCollate(size_divisibility=8)(clips)
+    assert batch.images.shape == (4, 3, 16, 16)
+    assert [m.image_id for m in batch.meta] == [0, 1, 2, 3]
+    assert batch.extra["clip_length"] == 2
+    with pytest.raises(ValueError, match="same length"):
+        ClipCollate()([clips[0], clips[1][:1]])
