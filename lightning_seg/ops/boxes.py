@@ -98,7 +98,8 @@ class BoxCoder:
         Returns:
             ``Tensor[N, C, 4]`` decoded boxes in the dtype of ``deltas`` (not clipped).
         """
-        if deltas.ndim != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != reference_boxes.shape[0]:
+        num_boxes = reference_boxes.shape[0]
+        if deltas.ndim != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[0] != num_boxes:
             raise ValueError(
                 f"decode expects deltas Tensor[N, C*4] and boxes Tensor[N, 4], got "
                 f"{tuple(deltas.shape)} and {tuple(reference_boxes.shape)}"
@@ -119,6 +120,6 @@ class BoxCoder:
         pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
         half_w = 0.5 * (torch.exp(dw) * widths[:, None])
         half_h = 0.5 * (torch.exp(dh) * heights[:, None])
-        return torch.stack(
-            (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2
-        )  # [N, C, 4]
+        x1, y1 = pred_ctr_x - half_w, pred_ctr_y - half_h
+        x2, y2 = pred_ctr_x + half_w, pred_ctr_y + half_h
+        return torch.stack((x1, y1, x2, y2), dim=2)  # [N, C, 4]

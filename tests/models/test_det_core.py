@@ -76,7 +76,11 @@ def test_matcher_empty():
 
 # --------------------------------------------------------------------------- sampler
 def test_sampler_matches_torchvision_with_same_seed():
-    labels = [torch.randint(-1, 3, (500,)), torch.randint(-1, 2, (40,)), torch.zeros(60, dtype=torch.int64)]
+    labels = [
+        torch.randint(-1, 3, (500,)),
+        torch.randint(-1, 2, (40,)),
+        torch.zeros(60, dtype=torch.int64),
+    ]
     torch.manual_seed(123)
     pos, neg = BalancedSampler(64, 0.25)(labels)
     torch.manual_seed(123)
@@ -129,14 +133,17 @@ def test_anchors_multiple_sizes_per_level():
     from lightning_seg.models.heads.anchors import AnchorGenerator
 
     sizes, ratios = ((16, 24, 40),), ((0.5, 1.0, 2.0, 3.0),)
-    ref = TVAnchorGenerator(sizes, ratios)(ImageList(torch.zeros(1, 3, 40, 56), [(40, 56)]), [torch.zeros(1, 1, 5, 7)])
+    images = ImageList(torch.zeros(1, 3, 40, 56), [(40, 56)])
+    ref = TVAnchorGenerator(sizes, ratios)(images, [torch.zeros(1, 1, 5, 7)])
     ours = AnchorGenerator(sizes, ratios, strides=(8,))([(5, 7)])
     assert torch.equal(ours[0], ref[0])
     assert ours[0].shape == (5 * 7 * 12, 4)
 
 
 # --------------------------------------------------------------------------- FPN
-def _backbone_like_features(batch: int, h: int, w: int, channels: dict[str, int]) -> dict[str, torch.Tensor]:
+def _backbone_like_features(
+    batch: int, h: int, w: int, channels: dict[str, int]
+) -> dict[str, torch.Tensor]:
     feats = {}
     for i, (name, c) in enumerate(channels.items()):
         s = 4 * 2**i
@@ -204,22 +211,34 @@ def _rpn_pair(channels: int = 8, **kwargs):
     from lightning_seg.models.heads.rpn import RPN, RPNHead, rpn_key_map_from_torchvision
 
     cfg = dict(
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=64, positive_fraction=0.5,
-        pre_nms_top_n_train=120, post_nms_top_n_train=70, pre_nms_top_n_test=90, post_nms_top_n_test=40,
-        nms_thresh=0.7, score_thresh=0.0,
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=64,
+        positive_fraction=0.5,
+        pre_nms_top_n_train=120,
+        post_nms_top_n_train=70,
+        pre_nms_top_n_test=90,
+        post_nms_top_n_test=40,
+        nms_thresh=0.7,
+        score_thresh=0.0,
     )
     cfg.update(kwargs)
     tv_head = TVRPNHead(channels, 3)
     for p in tv_head.parameters():
         torch.nn.init.normal_(p, std=0.1)
     tv = RegionProposalNetwork(
-        TVAnchorGenerator(RPN_SIZES, RPN_RATIOS), tv_head,
-        cfg["fg_iou_thresh"], cfg["bg_iou_thresh"], cfg["batch_size_per_image"], cfg["positive_fraction"],
+        TVAnchorGenerator(RPN_SIZES, RPN_RATIOS),
+        tv_head,
+        cfg["fg_iou_thresh"],
+        cfg["bg_iou_thresh"],
+        cfg["batch_size_per_image"],
+        cfg["positive_fraction"],
         dict(training=cfg["pre_nms_top_n_train"], testing=cfg["pre_nms_top_n_test"]),
         dict(training=cfg["post_nms_top_n_train"], testing=cfg["post_nms_top_n_test"]),
         cfg["nms_thresh"], cfg["score_thresh"],
     )
-    ours = RPN(RPNHead(channels, 3), AnchorGenerator(RPN_SIZES, RPN_RATIOS, (4, 8, 16, 32, 64)), **cfg)
+    anchor_generator = AnchorGenerator(RPN_SIZES, RPN_RATIOS, (4, 8, 16, 32, 64))
+    ours = RPN(RPNHead(channels, 3), anchor_generator, **cfg)
     key_map = rpn_key_map_from_torchvision(src_prefix="", dst_prefix="")
     ours.load_state_dict({key_map[k]: v for k, v in tv.state_dict().items()})
     return ours, tv
@@ -273,8 +292,9 @@ def test_rpn_train_losses_and_proposals_match_torchvision():
     torch.manual_seed(7)
     ref_boxes, ref_losses = tv(images, dict(feats), [{"boxes": t.boxes} for t in targets])
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_box"}
-    torch.testing.assert_close(losses["loss_rpn_cls"], ref_losses["loss_objectness"], atol=0, rtol=0)
-    torch.testing.assert_close(losses["loss_rpn_box"], ref_losses["loss_rpn_box_reg"], atol=0, rtol=0)
+    exact = dict(atol=0, rtol=0)
+    torch.testing.assert_close(losses["loss_rpn_cls"], ref_losses["loss_objectness"], **exact)
+    torch.testing.assert_close(losses["loss_rpn_box"], ref_losses["loss_rpn_box_reg"], **exact)
     assert losses["loss_rpn_box"] > 0
     for b, r in zip(proposals, ref_boxes):
         assert b.shape[0] <= 70
@@ -341,7 +361,9 @@ def test_rpn_top_k_settings_and_bad_config():
     from lightning_seg.models.heads.anchors import AnchorGenerator
     from lightning_seg.models.heads.rpn import RPN, RPNHead
 
-    ours, _ = _rpn_pair(pre_nms_top_n_train=5, post_nms_top_n_train=4, pre_nms_top_n_test=30, post_nms_top_n_test=12)
+    ours, _ = _rpn_pair(
+        pre_nms_top_n_train=5, post_nms_top_n_train=4, pre_nms_top_n_test=30, post_nms_top_n_test=12
+    )
     feats, _, _ = _rpn_inputs()
     raw = ours(feats, IMAGE_SIZES)
     assert all(p.shape[0] <= 4 for p in ours.train().predict(raw))

@@ -1,4 +1,4 @@
-"""Max-IoU matching of predictions (anchors, proposals) to ground truth (Ren et al., Faster R-CNN, NeurIPS 2015)."""
+"""Max-IoU matching of anchors/proposals to ground truth (Ren et al., Faster R-CNN, 2015)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ class MaxIoUMatcher:
     BELOW_LOW_THRESHOLD = -1
     BETWEEN_THRESHOLDS = -2
 
-    def __init__(self, high_thresh: float, low_thresh: float, allow_low_quality_matches: bool = False) -> None:
+    def __init__(
+        self, high_thresh: float, low_thresh: float, allow_low_quality_matches: bool = False
+    ) -> None:
         if low_thresh > high_thresh:
             raise ValueError(f"low_thresh ({low_thresh}) must be <= high_thresh ({high_thresh})")
         self.high_thresh = high_thresh
@@ -53,12 +55,15 @@ class MaxIoUMatcher:
         """
         num_gt, num_pred = quality.shape
         if num_gt == 0 or num_pred == 0:
-            return torch.full((num_pred,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=quality.device)
+            return torch.full(
+                (num_pred,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=quality.device
+            )
 
         best_quality, matches = quality.max(dim=0)  # [M], [M]
         best_gt_of_pred = matches.clone() if self.allow_low_quality_matches else None
         matches[best_quality < self.low_thresh] = self.BELOW_LOW_THRESHOLD
-        matches[(best_quality >= self.low_thresh) & (best_quality < self.high_thresh)] = self.BETWEEN_THRESHOLDS
+        between = (best_quality >= self.low_thresh) & (best_quality < self.high_thresh)
+        matches[between] = self.BETWEEN_THRESHOLDS
 
         if best_gt_of_pred is not None:
             best_quality_per_gt = quality.max(dim=1).values  # [G]

@@ -1,4 +1,4 @@
-"""Balanced positive/negative sampling of training examples (Ren et al., Faster R-CNN, NeurIPS 2015)."""
+"""Balanced positive/negative sampling of examples (Ren et al., Faster R-CNN, NeurIPS 2015)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ class BalancedSampler:
             negative = torch.nonzero(labels_per_image == 0).squeeze(1)
             num_pos = min(positive.numel(), max_pos)
             num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-            device = labels_per_image.device
-            pos_pick = torch.randperm(positive.numel(), device=device, generator=self.generator)[:num_pos]
-            neg_pick = torch.randperm(negative.numel(), device=device, generator=self.generator)[:num_neg]
+            device, rng = labels_per_image.device, self.generator
+            pos_pick = torch.randperm(positive.numel(), device=device, generator=rng)[:num_pos]
+            neg_pick = torch.randperm(negative.numel(), device=device, generator=rng)[:num_neg]
 
             pos_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
             neg_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)

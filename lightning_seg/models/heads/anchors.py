@@ -1,4 +1,4 @@
-"""Anchor boxes on every feature level (Ren et al., Faster R-CNN, NeurIPS 2015; Lin et al., FPN, CVPR 2017).
+"""Anchors per feature level (Ren et al., Faster R-CNN, NeurIPS 2015; FPN, CVPR 2017).
 
 Values and order equal torchvision's ``AnchorGenerator`` (golden test): per level, anchors are
 ordered row-major over the grid ``(y, x)`` and, at each location, over
@@ -79,7 +79,7 @@ class AnchorGenerator(nn.Module):
         return [len(s) * len(r) for s, r in zip(self.sizes, self.aspect_ratios)]
 
     def level_strides(self, grid_sizes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Anchor spacing ``(stride_y, stride_x)`` per level for these grid sizes (see class doc)."""
+        """Anchor spacing ``(stride_y, stride_x)`` per level for these grid sizes (class doc)."""
         extent_h = grid_sizes[0][0] * self.strides[0]
         extent_w = grid_sizes[0][1] * self.strides[0]
         return [(extent_h // h, extent_w // w) for h, w in grid_sizes]
@@ -115,7 +115,9 @@ class AnchorGenerator(nn.Module):
             anchors.append((shifts + base[None]).reshape(-1, 4))  # [H*W*A, 4]
         return anchors
 
-    def forward(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None) -> list[Tensor]:
+    def forward(
+        self, grid_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None
+    ) -> list[Tensor]:
         """Anchors of every level, the same for all images of a padded batch.
 
         Args:
@@ -123,7 +125,7 @@ class AnchorGenerator(nn.Module):
             device: where to build them.
 
         Returns:
-            per level ``Tensor[H_l * W_l * A_l, 4]`` float32 ``x1y1x2y2`` pixels of the padded image.
+            per level ``Tensor[H_l * W_l * A_l, 4]`` float32 ``x1y1x2y2`` in padded-image pixels.
         """
         grid_sizes = [(int(h), int(w)) for h, w in grid_sizes]
         return self.grid_anchors(grid_sizes, self.level_strides(grid_sizes), device)

@@ -1,4 +1,4 @@
-"""Region Proposal Network (Ren et al., "Faster R-CNN", NeurIPS 2015) on an FPN (Lin et al., CVPR 2017).
+"""Region Proposal Network (Ren et al., Faster R-CNN, NeurIPS 2015) on FPN levels (CVPR 2017).
 
 Configured alike, ``RPN`` gives the same proposals and losses as torchvision's
 ``RegionProposalNetwork`` (golden tests). Differences, none of which changes results in float32:
@@ -32,7 +32,13 @@ from torch import Tensor, nn
 from lightning_seg.models.assigners.matcher import MaxIoUMatcher
 from lightning_seg.models.assigners.sampler import BalancedSampler
 from lightning_seg.models.heads.anchors import AnchorGenerator
-from lightning_seg.ops.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from lightning_seg.ops.boxes import (
+    BoxCoder,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 from lightning_seg.structures.targets import InstanceTargets
 
 
@@ -55,7 +61,8 @@ class RPNHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Per level: ``Tensor[B, C, H, W]`` -> objectness ``Tensor[B, A, H, W]``, deltas ``Tensor[B, A*4, H, W]``."""
+        """Per level ``Tensor[B, C, H, W]`` -> objectness ``Tensor[B, A, H, W]`` and deltas
+        ``Tensor[B, A*4, H, W]``."""
         objectness, deltas = [], []
         for x in features:
             t = F.relu(self.conv(x))
@@ -64,7 +71,9 @@ class RPNHead(nn.Module):
         return objectness, deltas
 
 
-def rpn_key_map_from_torchvision(src_prefix: str = "rpn.", dst_prefix: str = "rpn.") -> dict[str, str]:
+def rpn_key_map_from_torchvision(
+    src_prefix: str = "rpn.", dst_prefix: str = "rpn."
+) -> dict[str, str]:
     """State-dict key correspondence torchvision ``RegionProposalNetwork`` -> ``RPN``.
 
     Covers the current (``head.conv.0.0.weight``) and the old (``head.conv.weight``) layouts.
@@ -80,8 +89,8 @@ def rpn_key_map_from_torchvision(src_prefix: str = "rpn.", dst_prefix: str = "rp
     for param in ("weight", "bias"):
         for src in (f"head.conv.0.0.{param}", f"head.conv.{param}"):
             mapping[src_prefix + src] = f"{dst_prefix}head.conv.{param}"
-        mapping[f"{src_prefix}head.cls_logits.{param}"] = f"{dst_prefix}head.objectness_logits.{param}"
-        mapping[f"{src_prefix}head.bbox_pred.{param}"] = f"{dst_prefix}head.box_deltas.{param}"
+        for src, dst in (("cls_logits", "objectness_logits"), ("bbox_pred", "box_deltas")):
+            mapping[f"{src_prefix}head.{src}.{param}"] = f"{dst_prefix}head.{dst}.{param}"
     return mapping
 
 
@@ -108,9 +117,8 @@ class RPNOutput:
 
     def flat_objectness(self) -> Tensor:
         """``Tensor[B, sum_l H_l*W_l*A]`` logits, levels concatenated, in anchor order."""
-        return torch.cat(
-            [o.permute(0, 2, 3, 1).reshape(o.shape[0], -1) for o in self.objectness], dim=1  # [B, H*W*A]
-        )
+        # each level [B, A, H, W] -> [B, H, W, A] -> [B, H*W*A]
+        return torch.cat([o.permute(0, 2, 3, 1).flatten(1) for o in self.objectness], dim=1)
 
     def flat_box_deltas(self) -> Tensor:
         """``Tensor[B, sum_l H_l*W_l*A, 4]`` deltas, levels concatenated, in anchor order."""
@@ -186,10 +194,11 @@ class RPN(nn.Module):
                 f"{tuple(in_features)} has {len(in_features)}; give one anchor size entry per level"
             )
         head_anchors = getattr(head, "num_anchors", None)
-        if head_anchors is not None and any(a != head_anchors for a in anchor_generator.num_anchors_per_location()):
+        gen_anchors = anchor_generator.num_anchors_per_location()
+        if head_anchors is not None and any(a != head_anchors for a in gen_anchors):
             raise ValueError(
                 f"head predicts {head_anchors} anchors per location, the anchor generator makes "
-                f"{anchor_generator.num_anchors_per_location()}; build the head with "
+                f"{gen_anchors}; build the head with "
                 f"num_anchors=len(sizes[l]) * len(aspect_ratios[l])"
             )
         self.head = head
@@ -210,7 +219,9 @@ class RPN(nn.Module):
         self.loss_box_weight = loss_box_weight
 
     # ------------------------------------------------------------------ forward
-    def forward(self, features: Mapping[str, Tensor], image_sizes: Sequence[tuple[int, int]]) -> RPNOutput:
+    def forward(
+        self, features: Mapping[str, Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> RPNOutput:
         """Run the head on every level and lay anchors on the padded batch.
 
         Args:
@@ -222,7 +233,9 @@ class RPN(nn.Module):
         """
         missing = [f for f in self.in_features if f not in features]
         if missing:
-            raise KeyError(f"RPN in_features {missing} not in the features {list(features)}; set in_features")
+            raise KeyError(
+                f"RPN in_features {missing} not in the features {list(features)}; set in_features"
+            )
         feats = [features[f] for f in self.in_features]
         if len(image_sizes) != feats[0].shape[0]:
             raise ValueError(f"{len(image_sizes)} image sizes for a batch of {feats[0].shape[0]}")
@@ -275,15 +288,18 @@ class RPN(nn.Module):
         flat_labels = torch.cat(labels)  # [B*NA]
         flat_logits = logits.reshape(-1)  # [B*NA]
         if sampled.numel() > 0:
-            loss_cls = F.binary_cross_entropy_with_logits(flat_logits[sampled], flat_labels[sampled])
+            loss_cls = F.binary_cross_entropy_with_logits(
+                flat_logits[sampled], flat_labels[sampled]
+            )
         else:
             loss_cls = flat_logits.sum() * 0
 
-        box_targets = self.box_coder.encode(torch.cat(matched_boxes)[pos], anchors[pos % num_anchors])
-        loss_box = (
-            F.smooth_l1_loss(deltas.reshape(-1, 4)[pos], box_targets, beta=self.box_loss_beta, reduction="sum")
-            / num_sampled
-        )
+        pos_anchors = anchors[pos % num_anchors]  # [P, 4]
+        box_targets = self.box_coder.encode(torch.cat(matched_boxes)[pos], pos_anchors)
+        pos_deltas = deltas.reshape(-1, 4)[pos]  # [B*NA, 4] -> [P, 4]
+        loss_box = F.smooth_l1_loss(
+            pos_deltas, box_targets, beta=self.box_loss_beta, reduction="sum"
+        ) / num_sampled
         return {
             "loss_rpn_cls": loss_cls * self.loss_cls_weight,
             "loss_rpn_box": loss_box * self.loss_box_weight,
@@ -316,13 +332,17 @@ class RPN(nn.Module):
         post_nms_top_n = self.post_nms_top_n_train if self.training else self.post_nms_top_n_test
 
         level_logits, level_boxes, level_ids = [], [], []
-        for level, (objectness, deltas, anchors) in enumerate(zip(raw.objectness, raw.box_deltas, raw.anchors)):
+        levels = zip(raw.objectness, raw.box_deltas, raw.anchors)
+        for level, (objectness, deltas, anchors) in enumerate(levels):
             num_images = objectness.shape[0]
-            logits = objectness.permute(0, 2, 3, 1).reshape(num_images, -1).float()  # [B, H*W*A]
+            logits = objectness.permute(0, 2, 3, 1).flatten(1).float()  # [B, H*W*A]
             k = min(pre_nms_top_n, logits.shape[1])
             top_logits, top_idx = logits.topk(k, dim=1)  # [B, k]
-            top_deltas = torch.gather(_flatten_deltas(deltas), 1, top_idx[..., None].expand(-1, -1, 4))  # [B, k, 4]
-            boxes = self.box_coder.decode(top_deltas.reshape(-1, 4).float(), anchors[top_idx.reshape(-1)])
+            top_deltas = torch.gather(
+                _flatten_deltas(deltas), 1, top_idx[..., None].expand(-1, -1, 4)
+            )  # [B, k, 4]
+            top_anchors = anchors[top_idx.reshape(-1)]  # [B*k, 4]
+            boxes = self.box_coder.decode(top_deltas.reshape(-1, 4).float(), top_anchors)
             level_logits.append(top_logits)
             level_boxes.append(boxes.view(num_images, k, 4))  # [B*k, 1, 4] -> [B, k, 4]
             level_ids.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))

@@ -60,14 +60,19 @@ class FPN(nn.Module):
             )
         strides = [int(in_strides[f]) for f in in_features]
         if any(b != 2 * a for a, b in zip(strides, strides[1:])):
-            raise ValueError(f"FPN in_features must be finest first with strides doubling, got {strides}")
+            raise ValueError(
+                f"FPN in_features must be finest first with strides doubling, got {strides}"
+            )
         self.in_features = tuple(in_features)
         self.extra_max_pool = extra_max_pool
         self.lateral_convs = nn.ModuleDict(
             {f: nn.Conv2d(in_channels[f], out_channels, kernel_size=1) for f in self.in_features}
         )
         self.output_convs = nn.ModuleDict(
-            {f: nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for f in self.in_features}
+            {
+                f: nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+                for f in self.in_features
+            }
         )
         out_strides = strides + ([strides[-1] * 2] if extra_max_pool else [])
         self.strides: dict[str, int] = {level_name(s): s for s in out_strides}
@@ -107,11 +112,12 @@ def fpn_key_map_from_torchvision(
 ) -> dict[str, str]:
     """State-dict key correspondence torchvision ``FeaturePyramidNetwork`` -> ``FPN``.
 
-    Covers both torchvision layouts (``inner_blocks.{i}.0.weight`` since v2, ``inner_blocks.{i}.weight``
-    before); map the keys a state dict has. ``LastLevelMaxPool`` has no parameters.
+    Covers both torchvision layouts (``inner_blocks.{i}.0.weight`` since v2,
+    ``inner_blocks.{i}.weight`` before); map the keys a state dict has. ``LastLevelMaxPool``
+    has no parameters.
 
     Args:
-        in_features: the ``FPN``'s ``in_features`` (torchvision block ``i`` is level ``in_features[i]``).
+        in_features: the ``FPN``'s ``in_features`` (torchvision block ``i`` is ``in_features[i]``).
         src_prefix: prefix of the torchvision keys (``"backbone.fpn."`` in its detectors).
         dst_prefix: prefix of our keys (where the ``FPN`` sits in our model, e.g. ``"neck."``).
 
@@ -120,7 +126,8 @@ def fpn_key_map_from_torchvision(
     """
     mapping = {}
     for i, f in enumerate(in_features):
-        for src_block, dst_block in (("inner_blocks", "lateral_convs"), ("layer_blocks", "output_convs")):
+        blocks = (("inner_blocks", "lateral_convs"), ("layer_blocks", "output_convs"))
+        for src_block, dst_block in blocks:
             for param in ("weight", "bias"):
                 dst = f"{dst_prefix}{dst_block}.{f}.{param}"
                 mapping[f"{src_prefix}{src_block}.{i}.0.{param}"] = dst
