@@ -14,9 +14,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Write the synthetic shapes world (COCO instances/keypoints/panoptic, "
         "semantic PNGs; or videos with --video).",
     )
-    parser.add_argument("--out", required=True, help="output folder (gets train/, val/, world.json)")
-    parser.add_argument("--num-images", type=int, required=True, help="train images (videos with --video)")
-    parser.add_argument("--num-val", type=int, default=None, help="val images; default max(4, N // 5)")
+    parser.add_argument("--out", required=True, help="folder that gets train/, val/, world.json")
+    parser.add_argument(
+        "--num-images", type=int, required=True, help="train images (videos with --video)"
+    )
+    parser.add_argument("--num-val", type=int, default=None, help="default max(4, N // 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=160)

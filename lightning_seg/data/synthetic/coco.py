@@ -15,7 +15,8 @@ from pycocotools import mask as mask_utils
 def rle_compressed(mask: np.ndarray) -> dict:
     """COCO compressed RLE ``{"size": [h, w], "counts": str}`` of ``bool[H, W]``."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    height, width = (int(v) for v in rle["size"])
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def rle_uncompressed(mask: np.ndarray) -> dict:
@@ -36,13 +37,16 @@ def mask_bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
-def _boundary_edges(mask: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
+Vertex = tuple[int, int]
+
+
+def _boundary_edges(mask: np.ndarray) -> dict[Vertex, list[Vertex]]:
     """Directed pixel-edge boundary, inside on the right (clockwise on screen): start -> ends."""
     m = np.pad(mask.astype(bool), 1)
     inner = m[1:-1, 1:-1]
-    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    edges: dict[Vertex, list[Vertex]] = {}
 
-    def add(selected: np.ndarray, start: tuple[int, int], end: tuple[int, int]) -> None:
+    def add(selected: np.ndarray, start: Vertex, end: Vertex) -> None:
         for r, c in np.argwhere(selected).tolist():
             edges.setdefault((c + start[0], r + start[1]), []).append((c + end[0], r + end[1]))
 
@@ -53,7 +57,7 @@ def _boundary_edges(mask: np.ndarray) -> dict[tuple[int, int], list[tuple[int, i
     return edges
 
 
-def _trace_cycles(edges: dict[tuple[int, int], list[tuple[int, int]]]) -> list[list[tuple[int, int]]]:
+def _trace_cycles(edges: dict[Vertex, list[Vertex]]) -> list[list[Vertex]]:
     """Chain directed edges into closed cycles of vertices.
 
     Where two cycles (or two parts of one) touch at a corner, the walk turns right, i.e. keeps
@@ -82,7 +86,7 @@ def _trace_cycles(edges: dict[tuple[int, int], list[tuple[int, int]]]) -> list[l
     return cycles
 
 
-def _drop_collinear(cycle: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _drop_collinear(cycle: list[Vertex]) -> list[Vertex]:
     """Remove vertices where the outline goes straight on."""
     n = len(cycle)
     keep = []
@@ -93,7 +97,7 @@ def _drop_collinear(cycle: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return keep
 
 
-def _signed_area(cycle: list[tuple[int, int]]) -> float:
+def _signed_area(cycle: list[Vertex]) -> float:
     x = np.array([p[0] for p in cycle], dtype=np.float64)
     y = np.array([p[1] for p in cycle], dtype=np.float64)
     return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))

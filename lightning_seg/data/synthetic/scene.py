@@ -144,7 +144,10 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -
     return np.asarray(big, dtype=np.float32)[:height, :width]
 
 
-def _wave(rng: np.random.Generator, coord: np.ndarray, length: float, amplitude: float) -> np.ndarray:
+def _wave(
+    rng: np.random.Generator, coord: np.ndarray, length: float, amplitude: float
+) -> np.ndarray:
+    """A sine of random phase and a period around ``length`` along ``coord``."""
     period = length * rng.uniform(0.5, 1.5)
     return amplitude * np.sin(2 * math.pi * coord / period + rng.uniform(0, 2 * math.pi))
 
@@ -194,7 +197,8 @@ def stuff_texture(rng: np.random.Generator, stuff: np.ndarray) -> np.ndarray:
 
     sea = np.array([30, 85, 115], np.float32) + jitter[2]
     wavelength = np.float32(rng.uniform(3, 6))
-    ripples = np.sin(2 * np.float32(math.pi) * yy * h / wavelength + 1.5 * smooth_noise(rng, h, w, 10))
+    phase = 1.5 * smooth_noise(rng, h, w, 10)
+    ripples = np.sin(2 * np.float32(math.pi) * yy * h / wavelength + phase)
     water = sea + 14 * ripples[..., None] + 5 * grain[::-1, ::-1]
 
     texture = np.empty((h, w, 3), dtype=np.float32)
@@ -247,7 +251,8 @@ def paint_shape(
     light = rng.uniform(0, 2 * math.pi)
     along = (xx - outline.center[0]) * math.cos(light) + (yy - outline.center[1]) * math.sin(light)
     shade = 1 + 0.2 * np.clip(along / max(outline.size, 1.0), -1, 1)
-    fill = np.asarray(color, np.float32) * shade[..., None] + 4 * rng.standard_normal((h, w, 1), dtype=np.float32)
+    grain = rng.standard_normal((h, w, 1), dtype=np.float32)
+    fill = np.asarray(color, np.float32) * shade[..., None] + 4 * grain
     rim = part & ~_erode(part)
     fill[rim] *= 0.55
     canvas[box][part] = fill[part]
@@ -268,7 +273,8 @@ def overlapping(rng: np.random.Generator, outline: Outline, below: Outline) -> O
     """``outline`` moved next to ``below`` so that the two overlap partly."""
     heading = rng.uniform(0, 2 * math.pi)
     reach = rng.uniform(0.5, 1.3) * (outline.size + below.size)
-    center = (below.center[0] + reach * math.cos(heading), below.center[1] + reach * math.sin(heading))
+    x, y = below.center
+    center = (x + reach * math.cos(heading), y + reach * math.sin(heading))
     return SHAPE_BUILDERS[outline.kind](center, outline.size, outline.angle)
 
 
@@ -338,7 +344,9 @@ def compose(
     return Scene(image=image, stuff=stuff, layers=layers, owner=owner, void=void)
 
 
-def color_layers(rng: np.random.Generator, layers: list[Layer], background: np.ndarray, params: SceneParams) -> None:
+def color_layers(
+    rng: np.random.Generator, layers: list[Layer], background: np.ndarray, params: SceneParams
+) -> None:
     """Give every shape a colour that stands out from the stuff under it."""
     h, w = background.shape[:2]
     for layer in layers:
@@ -361,10 +369,12 @@ def sample_image_scene(
             label = int(rng.integers(len(THING_NAMES)))
             outline = sample_outline(rng, THING_NAMES[label], height, width, params)
             if layers and rng.random() < params.overlap_prob:
-                outline = overlapping(rng, outline, layers[int(rng.integers(len(layers)))].outlines[0])
+                below = layers[int(rng.integers(len(layers)))].outlines[0]
+                outline = overlapping(rng, outline, below)
             layers.append(Layer(label, [outline], [], encoding=sample_encoding(rng, params)))
         if rng.random() < params.crowd_prob:
-            layers.insert(int(rng.integers(len(layers) + 1)), sample_crowd(rng, height, width, params))
+            depth = int(rng.integers(len(layers) + 1))
+            layers.insert(depth, sample_crowd(rng, height, width, params))
     rasterize(layers, height, width)
     layers = drop_hidden(layers, height, width, params.min_visible_area)
     color_layers(rng, layers, background, params)

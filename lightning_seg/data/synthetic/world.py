@@ -22,7 +22,12 @@ from lightning_seg.data.synthetic.categories import (
     THING_NAMES,
     flip_pairs_by_name,
 )
-from lightning_seg.data.synthetic.coco import mask_bbox, mask_to_polygons, rle_compressed, rle_uncompressed
+from lightning_seg.data.synthetic.coco import (
+    mask_bbox,
+    mask_to_polygons,
+    rle_compressed,
+    rle_uncompressed,
+)
 from lightning_seg.data.synthetic.scene import (
     RLE,
     RLE_LIST,
@@ -110,7 +115,9 @@ def render_image(config: WorldConfig, split: str, index: int) -> Scene:
     return sample_image_scene(rng, height, width, config.scene, empty=empty)
 
 
-def render_video(config: WorldConfig, split: str, index: int, first_track_id: int = 1) -> list[Scene]:
+def render_video(
+    config: WorldConfig, split: str, index: int, first_track_id: int = 1
+) -> list[Scene]:
     """The frames of video ``index`` of ``split``; its objects get track ids from
     ``first_track_id`` on (the writer numbers them across the split)."""
     rng = config.item_rng(split, index)
@@ -134,14 +141,15 @@ def _keypoint_categories() -> list[dict]:
 def _panoptic_categories() -> list[dict]:
     things = [dict(c, isthing=1, color=list(PALETTE[i])) for i, c in enumerate(_thing_categories())]
     stuff = [
-        {"id": i, "name": n, "supercategory": "scene", "isthing": 0, "color": list(PALETTE[len(THING_IDS) + k])}
-        for k, (i, n) in enumerate(zip(STUFF_IDS, STUFF_NAMES))
+        {"id": i, "name": n, "supercategory": "scene", "isthing": 0, "color": list(color)}
+        for i, n, color in zip(STUFF_IDS, STUFF_NAMES, PALETTE[len(THING_IDS) :])
     ]
     return things + stuff
 
 
 def _inside(polygon: np.ndarray, height: int, width: int) -> bool:
-    return bool((polygon >= 0).all() and (polygon[:, 0] <= width).all() and (polygon[:, 1] <= height).all())
+    x, y = polygon[:, 0], polygon[:, 1]
+    return bool((x >= 0).all() and (y >= 0).all() and (x <= width).all() and (y <= height).all())
 
 
 def encode_segmentation(layer: Layer, visible: np.ndarray) -> list | dict:
@@ -155,7 +163,8 @@ def encode_segmentation(layer: Layer, visible: np.ndarray) -> list | dict:
     if layer.encoding == RLE:
         return rle_compressed(visible)
     polygon = layer.outlines[0].polygon if len(layer.outlines) == 1 else None
-    if polygon is not None and _inside(polygon, *visible.shape) and np.array_equal(visible, layer.full):
+    whole = polygon is not None and np.array_equal(visible, layer.full)
+    if whole and _inside(polygon, *visible.shape):
         return [polygon.reshape(-1).tolist()]
     polygons = mask_to_polygons(visible)
     return polygons if polygons is not None else rle_compressed(visible)
@@ -183,7 +192,7 @@ def panoptic_ids(scene: Scene, thing_numbers: list[int]) -> tuple[np.ndarray, li
         if region.any():
             segments.append((category_id * SEGMENT_ID_BASE, category_id, 0, region))
     info = [
-        {"id": int(s), "category_id": c, "iscrowd": crowd, "bbox": mask_bbox(m), "area": int(m.sum())}
+        {"id": s, "category_id": c, "iscrowd": crowd, "bbox": mask_bbox(m), "area": int(m.sum())}
         for s, c, crowd, m in segments
     ]
     return ids, info
@@ -241,17 +250,20 @@ def write_image_split(root: Path, config: WorldConfig, split: str) -> None:
                 "iscrowd": int(layer.iscrowd),
             }
             points = np.zeros((len(KEYPOINT_NAMES), 3)) if layer.iscrowd else scene.keypoints(i)
+            num_visible = int((points[:, 2] > 0).sum())
             instances.append(record)
             keypoints.append(
-                dict(record, keypoints=points.reshape(-1).tolist(), num_keypoints=int((points[:, 2] > 0).sum()))
+                dict(record, keypoints=points.reshape(-1).tolist(), num_keypoints=num_visible)
             )
             ann_id += 1
     info = _info(config, split)
+    categories = _thing_categories()
     _write_json(
-        {"info": info, "images": images, "annotations": instances, "categories": _thing_categories()},
+        {"info": info, "images": images, "annotations": instances, "categories": categories},
         root / "instances.json",
     )
-    flip_map = [[KEYPOINT_NAMES[a], KEYPOINT_NAMES[b]] for a, b in flip_pairs_by_name(KEYPOINT_NAMES)]
+    pairs = flip_pairs_by_name(KEYPOINT_NAMES)
+    flip_map = [[KEYPOINT_NAMES[a], KEYPOINT_NAMES[b]] for a, b in pairs]
     _write_json(
         {
             "info": info,
@@ -262,8 +274,9 @@ def write_image_split(root: Path, config: WorldConfig, split: str) -> None:
         },
         root / "keypoints.json",
     )
+    categories = _panoptic_categories()
     _write_json(
-        {"info": info, "images": images, "annotations": panoptic, "categories": _panoptic_categories()},
+        {"info": info, "images": images, "annotations": panoptic, "categories": categories},
         root / "panoptic.json",
     )
 
@@ -279,11 +292,12 @@ def write_video_split(root: Path, config: WorldConfig, split: str) -> None:
         layers = scenes[0].layers
         next_track += len(layers)
         if next_track > SEGMENT_ID_BASE:
-            raise ValueError(f"more than {SEGMENT_ID_BASE - 1} tracks in one split: make fewer videos")
+            raise ValueError(
+                f"more than {SEGMENT_ID_BASE - 1} tracks in one split: make fewer videos"
+            )
         file_names = [f"{name}/{t:05d}.png" for t in range(len(scenes))]
-        videos.append(
-            {"id": video_id, "name": name, "file_names": file_names, "height": height, "width": width, "length": len(scenes)}
-        )
+        size = {"height": height, "width": width, "length": len(scenes)}
+        videos.append({"id": video_id, "name": name, "file_names": file_names, **size})
         per_track: list[dict] = [{"segmentations": [], "bboxes": [], "areas": []} for _ in layers]
         for t, (scene, file_name) in enumerate(zip(scenes, file_names)):
             image_id = len(frames) + 1
@@ -292,9 +306,18 @@ def write_video_split(root: Path, config: WorldConfig, split: str) -> None:
             ids, segments_info = panoptic_ids(scene, [layer.track_id for layer in scene.layers])
             _save_png(ids_to_rgb(ids), root / "video_panoptic" / file_name)
             frames.append(
-                {"id": image_id, "file_name": file_name, "height": height, "width": width, "video_id": video_id, "frame_index": t}
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "height": height,
+                    "width": width,
+                    "video_id": video_id,
+                    "frame_index": t,
+                }
             )
-            panoptic.append({"image_id": image_id, "file_name": file_name, "segments_info": segments_info})
+            panoptic.append(
+                {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
+            )
             for i, track in enumerate(per_track):
                 visible = scene.visible(i)
                 present = bool(visible.any())
@@ -308,9 +331,7 @@ def write_video_split(root: Path, config: WorldConfig, split: str) -> None:
                     "video_id": video_id,
                     "category_id": THING_IDS[layer.label],
                     "iscrowd": 0,
-                    "height": height,
-                    "width": width,
-                    "length": len(scenes),
+                    **size,
                     **track,
                 }
             )
@@ -322,7 +343,7 @@ def write_video_split(root: Path, config: WorldConfig, split: str) -> None:
     _write_json(
         {
             "info": info,
-            "videos": [{k: v[k] for k in ("id", "name", "height", "width", "length")} for v in videos],
+            "videos": [{k: v for k, v in video.items() if k != "file_names"} for video in videos],
             "images": frames,
             "annotations": panoptic,
             "categories": _panoptic_categories(),
@@ -395,7 +416,10 @@ def generate_shapes_world(
         video=video,
         num_frames=num_frames,
         scene=SceneParams(
-            max_objects=max_objects, min_visible_area=min_visible_area, crowd_prob=crowd_prob, rle_prob=rle_prob
+            max_objects=max_objects,
+            min_visible_area=min_visible_area,
+            crowd_prob=crowd_prob,
+            rle_prob=rle_prob,
         ),
     )
     out = Path(out)
