@@ -35,6 +35,7 @@ Conventions (read before writing a model or a metric that depends on them):
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -148,7 +149,14 @@ class AlbumentationsTransform:
         self.ignore_index = ignore_index
         self.seed = seed
         self._bound = False
-        self.compose = A.Compose(
+        with warnings.catch_warnings():  # "processor for bboxes but no transform": expected
+            warnings.filterwarnings("ignore", message="Got processor for", category=UserWarning)
+            self.compose = self._make_compose()
+        self._worker_seed: int | None = None
+        self._set_rng(seed)
+
+    def _make_compose(self) -> A.Compose:
+        return A.Compose(
             self.transforms,
             bbox_params=A.BboxParams(
                 format="pascal_voc", label_fields=["box_index"], clip=True, filter_invalid_bboxes=True
@@ -160,8 +168,6 @@ class AlbumentationsTransform:
             mask_interpolation=cv2.INTER_NEAREST,
             save_applied_params=True,
         )
-        self._worker_seed: int | None = None
-        self._set_rng(seed)
 
     # ----------------------------------------------------------------------------- random state
     def _set_rng(self, seed: int | Sequence[int] | None) -> None:
