@@ -1,0 +1,956 @@
+"""COCO AP for boxes, masks, mask boundaries and keypoints: streaming metric and file API.
+
+``COCOEvaluator`` is a ``torchmetrics.Metric``: ``update`` encodes masks to RLE at once (memory
+grows with the RLE size, not with H x W x detections), ``compute`` builds COCO ground truth and
+results in memory and runs faster-coco-eval (default) or pycocotools. The numbers are those
+of ``COCOeval.stats`` (12 for boxes/masks/boundaries, 10 for keypoints, -1 where undefined);
+the tests check them against pycocotools to 1e-6.
+
+Conventions (each one the common practice, written down because it changes numbers):
+
+* Mask AP uses the *mask* area of a detection for the small/medium/large ranges. pycocotools'
+  ``loadRes`` uses the box area when a result also has a ``bbox``; detectron2 and mmdetection
+  drop ``bbox`` before mask evaluation, and so do we (also in ``evaluate_coco_files``).
+* Ground-truth area is the mask area, or the box area when there are no masks.
+* Boundary AP (Cheng et al., CVPR 2021) matches with ``min(mask IoU, boundary IoU)`` (mask
+  IoU alone for crowd regions); the boundary band is defined in ``metrics/boundary.py``.
+* Keypoint AP uses COCO's 20 detections per image and per-dataset OKS sigmas
+  (``kpt_sigmas``; COCO's 17 person sigmas by default). A keypoint result's area is its box
+  area when it has a box (pycocotools ``loadRes``), else the extent of its keypoints.
+* With ``max_dets`` other than (1, 10, 100), AP and the area-range numbers use the largest
+  value (pycocotools' ``summarize`` would print -1 there; faster-coco-eval does the same as us).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pycocotools.mask as mask_utils
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_seg.data.io import DataError
+from lightning_seg.metrics.boundary import rle_to_boundary_rle
+from lightning_seg.metrics.rle import binarize_masks, encode_masks, encode_masks_transposed, validate_rles
+from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+
+log = logging.getLogger("lightning_seg.metrics")
+
+IOU_TYPES = ("bbox", "segm", "boundary", "keypoints")
+BACKENDS = ("faster_coco_eval", "pycocotools")
+#: OKS sigmas of the 17 COCO person keypoints (pycocotools' defaults).
+COCO_PERSON_SIGMAS = [
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
+    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+]  # fmt: skip
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+_MASK_IOU_TYPES = ("segm", "boundary")
+
+
+def detection_stat_names(max_dets: Sequence[int] = (1, 10, 100)) -> tuple[str, ...]:
+    """Names of the 12 box/mask stats, in ``COCOeval.stats`` order."""
+    m0, m1, m2 = max_dets
+    return ("AP", "AP50", "AP75", "APs", "APm", "APl", f"AR{m0}", f"AR{m1}", f"AR{m2}", "ARs", "ARm", "ARl")
+
+
+# --------------------------------------------------------------------------------------------
+# Running COCOeval on in-memory datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _check_max_dets(max_dets: Sequence[int]) -> tuple[int, int, int]:
+    md = tuple(int(m) for m in max_dets)
+    if len(md) != 3 or any(m < 1 for m in md) or list(md) != sorted(md):
+        raise ValueError(f"max_dets must be 3 increasing positive integers (COCO: 1, 10, 100), got {max_dets}")
+    return md  # type: ignore[return-value]
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    """Mean of the entries > -1 (pycocotools' summarize), -1 when there are none."""
+    defined = values[values > -1]
+    return float(np.mean(defined)) if defined.size else -1.0
+
+
+def _summarize(
+    precision: np.ndarray,
+    recall: np.ndarray,
+    iou_thrs: np.ndarray,
+    area_labels: Sequence[str],
+    max_dets: Sequence[int],
+    iou_type: str,
+) -> dict[str, float]:
+    """The ``COCOeval.stats`` numbers from accumulated precision/recall.
+
+    Args:
+        precision: ``[T, R, K, A, M]`` (IoU thresholds, recall thresholds, categories, area
+            ranges, max detections), -1 where undefined.
+        recall: ``[T, K, A, M]``.
+        iou_thrs, area_labels, max_dets: the evaluation parameters of those axes.
+        iou_type: "keypoints" gives the 10 keypoint stats, anything else the 12 box stats.
+    """
+
+    def stat(ap: bool, iou: float | None = None, area: str = "all", md: int | None = None) -> float:
+        values = precision if ap else recall
+        if iou is not None:
+            values = values[np.where(iou == iou_thrs)[0]]
+        a = list(area_labels).index(area)
+        m = list(max_dets).index(max_dets[-1] if md is None else md)
+        return _mean_defined(values[..., a, m])
+
+    if iou_type == "keypoints":
+        values = [
+            stat(True), stat(True, 0.5), stat(True, 0.75), stat(True, area="medium"),
+            stat(True, area="large"), stat(False), stat(False, 0.5), stat(False, 0.75),
+            stat(False, area="medium"), stat(False, area="large"),
+        ]  # fmt: skip
+        return dict(zip(KEYPOINT_STAT_NAMES, values))
+    m0, m1, m2 = max_dets
+    values = [
+        stat(True), stat(True, 0.5), stat(True, 0.75), stat(True, area="small"),
+        stat(True, area="medium"), stat(True, area="large"), stat(False, md=m0), stat(False, md=m1),
+        stat(False, md=m2), stat(False, area="small"), stat(False, area="medium"),
+        stat(False, area="large"),
+    ]  # fmt: skip
+    return dict(zip(detection_stat_names(max_dets), values))
+
+
+def _silent(*args, **kwargs) -> None:
+    return None
+
+
+def _pycocotools_boundary_eval_class():
+    """A pycocotools ``COCOeval`` that matches with min(mask IoU, boundary IoU)."""
+    from pycocotools.cocoeval import COCOeval
+
+    class _BoundaryCOCOeval(COCOeval):
+        def __init__(self, coco_gt, coco_dt, dilation_ratio: float):
+            super().__init__(coco_gt, coco_dt, iouType="segm")
+            self.dilation_ratio = dilation_ratio
+
+        def _prepare(self):
+            super()._prepare()  # segmentations are RLEs from here on
+            for groups in (self._gts, self._dts):
+                anns = [a for group in groups.values() for a in group]
+                for ann, rle in zip(anns, rle_to_boundary_rle([a["segmentation"] for a in anns], self.dilation_ratio)):
+                    ann["boundary"] = rle
+
+        def computeIoU(self, imgId, catId):  # noqa: N802, N803 (pycocotools API)
+            ious = super().computeIoU(imgId, catId)
+            gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
+            if len(gts) == 0 or len(dts) == 0:
+                return ious
+            order = np.argsort([-d["score"] for d in dts], kind="mergesort")[: self.params.maxDets[-1]]
+            dts = [dts[i] for i in order]  # the same order as the mask IoU rows
+            crowd = np.array([bool(g["iscrowd"]) for g in gts])
+            band = np.asarray(
+                mask_utils.iou([d["boundary"] for d in dts], [g["boundary"] for g in gts], crowd.tolist())
+            )
+            ious = np.array(ious)
+            ious[:, ~crowd] = np.minimum(ious[:, ~crowd], band[:, ~crowd])
+            return ious
+
+    return _BoundaryCOCOeval
+
+
+def _run_cocoeval(
+    gt_dataset: dict,
+    dt_anns: list[dict],
+    iou_type: str,
+    backend: str = "faster_coco_eval",
+    max_dets: Sequence[int] = (1, 10, 100),
+    kpt_sigmas: Sequence[float] | None = None,
+    boundary_dilation_ratio: float = 0.02,
+) -> tuple[dict[str, float], dict[int, float]]:
+    """Evaluate prepared COCO ground truth and detections.
+
+    Args:
+        gt_dataset: COCO dict (``images`` with height/width, ``categories``, ``annotations``
+            with unique non-zero ids, ``area``, ``iscrowd``, ``bbox`` and the field of
+            ``iou_type``). Annotations are modified in place by the backends.
+        dt_anns: detection dicts as ``COCO.loadRes`` makes them (``id``, ``image_id``,
+            ``category_id``, ``score``, ``area``, ``iscrowd`` and the field of ``iou_type``).
+        iou_type: "bbox", "segm", "boundary" or "keypoints".
+        backend: "faster_coco_eval" or "pycocotools".
+        max_dets: detections per image for box/mask AR (keypoints use COCO's 20).
+        kpt_sigmas: OKS sigmas, one per keypoint (COCO person sigmas when None).
+        boundary_dilation_ratio: boundary width as a fraction of the image diagonal.
+
+    Returns:
+        The COCO stats by name, and AP@[.5:.95] per category id (-1 where undefined).
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    max_dets = _check_max_dets(max_dets)
+    is_kpt = iou_type == "keypoints"
+    dt_dataset = {"images": gt_dataset["images"], "categories": gt_dataset["categories"], "annotations": dt_anns}
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        coco_gt, coco_dt = COCO(), COCO()
+        coco_gt.dataset, coco_dt.dataset = gt_dataset, dt_dataset
+        coco_gt.createIndex()
+        coco_dt.createIndex()
+        evaluator = COCOeval_faster(
+            coco_gt,
+            coco_dt,
+            iouType=iou_type,
+            print_function=_silent,
+            kpt_oks_sigmas=None if kpt_sigmas is None else list(kpt_sigmas),
+            boundary_dilation_ratio=boundary_dilation_ratio,
+        )
+        if not is_kpt:
+            evaluator.params.maxDets = list(max_dets)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt, coco_dt = COCO(), COCO()
+            coco_gt.dataset, coco_dt.dataset = gt_dataset, dt_dataset
+            coco_gt.createIndex()
+            coco_dt.createIndex()
+            if iou_type == "boundary":
+                evaluator = _pycocotools_boundary_eval_class()(coco_gt, coco_dt, boundary_dilation_ratio)
+            else:
+                evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+            if is_kpt and kpt_sigmas is not None:
+                evaluator.params.kpt_oks_sigmas = np.asarray(kpt_sigmas, dtype=np.float64)
+            if not is_kpt:
+                evaluator.params.maxDets = list(max_dets)
+            evaluator.evaluate()
+            evaluator.accumulate()
+    p = evaluator.params
+    precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]
+    stats = _summarize(precision, recall, p.iouThrs, p.areaRngLbl, p.maxDets, iou_type)
+    per_class = {
+        int(cat): _mean_defined(precision[:, :, k, 0, -1]) for k, cat in enumerate(p.catIds)
+    }
+    return stats, per_class
+
+
+# --------------------------------------------------------------------------------------------
+# Shared record builders
+# --------------------------------------------------------------------------------------------
+
+
+def _xywh(boxes: Tensor) -> list[list[float]]:
+    """``Tensor[N, 4]`` x1y1x2y2 -> N ``[x, y, w, h]`` lists (float32 arithmetic, as stored)."""
+    boxes = boxes.detach().to("cpu", torch.float32)
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # [N, 4]
+
+
+def _category_map(category_ids: Sequence[int] | None, num: int) -> list[int]:
+    return list(category_ids) if category_ids is not None else list(range(1, num + 1))
+
+
+def predictions_to_coco_results(
+    preds: Sequence[InstancePredictions],
+    image_ids: Sequence[int],
+    category_ids: Sequence[int] | None = None,
+    mask_thresh: float = 0.5,
+) -> list[dict]:
+    """COCO results records (the JSON list a results file holds) for a list of images.
+
+    Args:
+        preds: predictions per image, in the pixel frame of the dataset's images.
+        image_ids: the dataset's image id of each prediction.
+        category_ids: dataset category id of each contiguous class index (default index + 1).
+        mask_thresh: threshold for float masks.
+
+    Returns:
+        One dict per detection: ``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score``,
+        plus ``segmentation`` (RLE, ``counts`` as str) with masks and ``keypoints``
+        (flat x, y, score) with keypoints. Coordinates are written as given.
+    """
+    if len(preds) != len(image_ids):
+        raise ValueError(f"got {len(preds)} predictions for {len(image_ids)} image ids")
+    records: list[dict] = []
+    for pred, image_id in zip(preds, image_ids):
+        n = len(pred)
+        if n == 0:
+            continue
+        labels = pred.labels.tolist()
+        if category_ids is not None and (min(labels) < 0 or max(labels) >= len(category_ids)):
+            raise ValueError(
+                f"image {image_id}: labels must be in [0, {len(category_ids)}) to map onto category_ids"
+            )
+        cats = [category_ids[i] for i in labels] if category_ids is not None else [i + 1 for i in labels]
+        boxes = _xywh(pred.boxes)
+        scores = pred.scores.tolist()
+        rles = encode_masks(pred.masks, mask_thresh) if pred.masks is not None else None
+        kpts = pred.keypoints.detach().cpu().reshape(n, -1).tolist() if pred.keypoints is not None else None
+        for i in range(n):
+            rec = {"image_id": int(image_id), "category_id": int(cats[i]), "bbox": boxes[i], "score": scores[i]}
+            if rles is not None:
+                rec["segmentation"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("ascii")}
+            if kpts is not None:
+                rec["keypoints"] = kpts[i]
+            records.append(rec)
+    return records
+
+
+def _keypoint_extent(kpts: Sequence[float]) -> tuple[float, list[float]]:
+    """Area and bbox of a keypoint result without a box (pycocotools ``loadRes``)."""
+    x, y = np.asarray(kpts[0::3]), np.asarray(kpts[1::3])
+    x0, x1, y0, y1 = np.min(x), np.max(x), np.min(y), np.max(y)
+    return (x1 - x0) * (y1 - y0), [x0, y0, x1 - x0, y1 - y0]
+
+
+# --------------------------------------------------------------------------------------------
+# The streaming metric
+# --------------------------------------------------------------------------------------------
+
+_IMAGE_STATES = ("img_ids", "img_sizes", "gt_counts", "dt_counts")
+_GT_STATES = ("gt_boxes", "gt_labels", "gt_crowd", "gt_area", "gt_rle", "gt_rle_len", "gt_kpts")
+_DT_STATES = ("dt_boxes", "dt_scores", "dt_labels", "dt_area", "dt_rle", "dt_rle_len", "dt_kpts")
+_STATES = _IMAGE_STATES + _GT_STATES + _DT_STATES
+_STATE_LAYOUT = {  # dtype and trailing shape of each state, for empty concatenations
+    "img_ids": (torch.int64, ()), "img_sizes": (torch.int64, (2,)), "gt_counts": (torch.int64, ()),
+    "dt_counts": (torch.int64, ()), "gt_boxes": (torch.float32, (4,)), "gt_labels": (torch.int64, ()),
+    "gt_crowd": (torch.bool, ()), "gt_area": (torch.float64, ()), "gt_rle": (torch.uint8, ()),
+    "gt_rle_len": (torch.int64, ()), "gt_kpts": (torch.float32, None), "dt_boxes": (torch.float32, (4,)),
+    "dt_scores": (torch.float32, ()), "dt_labels": (torch.int64, ()), "dt_area": (torch.float64, ()),
+    "dt_rle": (torch.uint8, ()), "dt_rle_len": (torch.int64, ()), "dt_kpts": (torch.float32, None),
+}  # fmt: skip
+
+
+class COCOEvaluator(Metric):
+    """COCO AP for boxes, masks, boundaries and keypoints, streaming and DDP-safe.
+
+    ``update`` takes predictions and targets in the same pixel frame; masks are binarised
+    (float masks at ``mask_thresh``) and run-length encoded immediately, so nothing of size
+    H x W is kept. ``compute`` gathers every process's records (``all_gather_object``) and
+    evaluates once; an image id added twice (DistributedSampler pads the last batch by
+    repeating samples) counts once, and twice with different ground truth is an error.
+
+    Args:
+        iou_types: any of "bbox", "segm", "boundary", "keypoints".
+        category_ids: dataset category id of each contiguous class index (default index + 1).
+        backend: "faster_coco_eval" (C++, default) or "pycocotools".
+        max_dets: detections per image for box/mask AR@m; AP uses the largest.
+        kpt_sigmas: OKS sigma per keypoint (``DatasetInfo.keypoint_sigmas``); COCO's 17 person
+            sigmas when None.
+        boundary_dilation_ratio: Boundary IoU band width as a fraction of the image diagonal.
+        per_class: also return ``<iou_type>/AP/<class>`` for every class.
+        class_names: names used in the per-class keys (default: the class index).
+        mask_thresh: threshold for float (probability) masks.
+
+    ``compute`` returns ``{"bbox/AP": ..., "bbox/AP50": ..., "segm/APs": ..., ...}`` with the
+    names of ``detection_stat_names`` / ``KEYPOINT_STAT_NAMES``; -1 where undefined.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        iou_types: Sequence[str] = ("bbox", "segm"),
+        category_ids: list[int] | None = None,
+        backend: str = "faster_coco_eval",
+        max_dets: Sequence[int] = (1, 10, 100),
+        kpt_sigmas: list[float] | None = None,
+        boundary_dilation_ratio: float = 0.02,
+        per_class: bool = False,
+        class_names: list[str] | None = None,
+        mask_thresh: float = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        iou_types = tuple(iou_types)
+        unknown = [t for t in iou_types if t not in IOU_TYPES]
+        if not iou_types or unknown:
+            raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {iou_types}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if category_ids is not None and len(set(category_ids)) != len(category_ids):
+            raise ValueError("category_ids must be unique")
+        if class_names is not None and category_ids is not None and len(class_names) != len(category_ids):
+            raise ValueError(f"class_names has {len(class_names)} entries, category_ids {len(category_ids)}")
+        self.iou_types = iou_types
+        self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
+        self.backend = backend
+        self.max_dets = _check_max_dets(max_dets)
+        self.kpt_sigmas = None if kpt_sigmas is None else [float(s) for s in kpt_sigmas]
+        self.boundary_dilation_ratio = boundary_dilation_ratio
+        self.per_class = per_class
+        self.class_names = class_names
+        self.mask_thresh = mask_thresh
+        self._needs_masks = any(t in _MASK_IOU_TYPES for t in iou_types)
+        self._needs_kpts = "keypoints" in iou_types
+        self._num_keypoints: int | None = None if self.kpt_sigmas is None else len(self.kpt_sigmas)
+        self._next_index = 0  # default image ids: a running index, unique across ranks
+        for name in _STATES:
+            self.add_state(name, default=[], dist_reduce_fx=None)
+
+    # ---------------------------------------------------------------- update
+
+    def _default_image_ids(self, num: int) -> list[int]:
+        rank, world = 0, 1
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        ids = [(self._next_index + i) * world + rank for i in range(num)]
+        self._next_index += num
+        return ids
+
+    def _check_labels(self, labels: Tensor, what: str, image_id: int) -> None:
+        if labels.numel() == 0:
+            return
+        lo, hi = int(labels.min()), int(labels.max())
+        limit = len(self.category_ids) if self.category_ids is not None else None
+        if lo < 0 or (limit is not None and hi >= limit):
+            bound = f"[0, {limit})" if limit is not None else ">= 0"
+            raise ValueError(
+                f"image {image_id}: {what} labels must be contiguous class indices {bound}, "
+                f"got {lo}..{hi}; pass category_ids with one dataset id per class"
+            )
+
+    def _keypoints(self, kpts: Tensor | None, n: int, what: str, image_id: int) -> Tensor:
+        if not self._needs_kpts:
+            return torch.zeros(n, 0)
+        if kpts is None:
+            if n == 0:
+                return torch.zeros(0, 3 * (self._num_keypoints or 0))
+            raise ValueError(f"image {image_id}: 'keypoints' AP needs {what}.keypoints, got None")
+        k = kpts.shape[1]
+        if self._num_keypoints is None:
+            if k != len(COCO_PERSON_SIGMAS):
+                raise ValueError(
+                    f"image {image_id}: {what} have {k} keypoints; pass kpt_sigmas (one OKS sigma "
+                    f"per keypoint, DatasetInfo.keypoint_sigmas) for datasets other than COCO people"
+                )
+            self._num_keypoints = k
+        elif k != self._num_keypoints:
+            raise ValueError(f"image {image_id}: {what} have {k} keypoints, expected {self._num_keypoints}")
+        return kpts.detach().to("cpu", torch.float32).reshape(n, 3 * k)  # [N, K*3]
+
+    def _encode(self, masks: Tensor | None, n: int, what: str, image_id: int) -> tuple[list[dict], np.ndarray]:
+        if not self._needs_masks or n == 0:
+            return [], np.zeros(0)
+        if masks is None:
+            raise ValueError(f"image {image_id}: {'/'.join(self.iou_types)} AP needs {what}.masks, got None")
+        rles = encode_masks_transposed(masks, self.mask_thresh)
+        return rles, mask_utils.area(rles).astype(np.float64)
+
+    def update(
+        self,
+        preds: list[InstancePredictions],
+        targets: list[InstanceTargets],
+        image_ids: list[int] | None = None,
+    ) -> None:
+        """Add a batch of images.
+
+        Args:
+            preds: detections per image (boxes, scores, labels; masks for segm/boundary,
+                keypoints for keypoints), in the pixel frame of the targets.
+            targets: ground truth per image (boxes, labels, iscrowd; masks, keypoints).
+            image_ids: the dataset's id of each image; a running index when None.
+        """
+        if len(preds) != len(targets):
+            raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")
+        if image_ids is None:
+            image_ids = self._default_image_ids(len(preds))
+        elif len(image_ids) != len(preds):
+            raise ValueError(f"got {len(image_ids)} image ids for {len(preds)} images")
+        batch: dict[str, list] = {name: [] for name in _STATES}
+        gt_rle_bytes: list[bytes] = []
+        dt_rle_bytes: list[bytes] = []
+        for pred, target, image_id in zip(preds, targets, image_ids):
+            image_id = int(image_id)
+            if tuple(pred.image_size) != tuple(target.image_size):
+                raise ValueError(
+                    f"image {image_id}: predictions are in a {tuple(pred.image_size)} frame, targets in "
+                    f"{tuple(target.image_size)}; map predictions back to the target frame first"
+                )
+            g, d = len(target), len(pred)
+            self._check_labels(target.labels, "target", image_id)
+            self._check_labels(pred.labels, "predicted", image_id)
+            scores = pred.scores.detach().to("cpu", torch.float32)
+            pred_boxes = pred.boxes.detach().to("cpu", torch.float32)
+            if not (torch.isfinite(scores).all() and torch.isfinite(pred_boxes).all()):
+                raise ValueError(f"image {image_id}: predicted boxes or scores contain NaN/inf")
+            gt_boxes = target.boxes.detach().to("cpu", torch.float32)
+
+            gt_rles, gt_mask_area = self._encode(target.masks, g, "targets", image_id)
+            if len(gt_rles):
+                gt_area = torch.from_numpy(gt_mask_area)
+            elif target.masks is not None:
+                gt_area = target.masks.flatten(1).sum(1).to("cpu", torch.float64)  # [N]
+            else:
+                gt_area = torch.tensor([w * h for _, _, w, h in _xywh(gt_boxes)], dtype=torch.float64)
+            dt_rles, dt_mask_area = self._encode(pred.masks, d, "predictions", image_id)
+
+            batch["img_ids"].append(torch.tensor([image_id]))
+            batch["img_sizes"].append(torch.tensor([list(target.image_size)]))
+            batch["gt_counts"].append(torch.tensor([g]))
+            batch["dt_counts"].append(torch.tensor([d]))
+            batch["gt_boxes"].append(gt_boxes)
+            batch["gt_labels"].append(target.labels.detach().to("cpu", torch.int64))
+            batch["gt_crowd"].append(target.iscrowd.detach().to("cpu", torch.bool))
+            batch["gt_area"].append(gt_area.reshape(g))
+            batch["gt_rle_len"].append(torch.tensor([len(r["counts"]) for r in gt_rles] or [0] * g))
+            batch["gt_kpts"].append(self._keypoints(target.keypoints, g, "targets", image_id))
+            batch["dt_boxes"].append(pred_boxes)
+            batch["dt_scores"].append(scores)
+            batch["dt_labels"].append(pred.labels.detach().to("cpu", torch.int64))
+            batch["dt_area"].append(torch.from_numpy(dt_mask_area) if len(dt_rles) else torch.zeros(d, dtype=torch.float64))
+            batch["dt_rle_len"].append(torch.tensor([len(r["counts"]) for r in dt_rles] or [0] * d))
+            batch["dt_kpts"].append(self._keypoints(pred.keypoints, d, "predictions", image_id))
+            gt_rle_bytes.extend(r["counts"] for r in gt_rles)
+            dt_rle_bytes.extend(r["counts"] for r in dt_rles)
+        for name, rle_bytes in (("gt_rle", gt_rle_bytes), ("dt_rle", dt_rle_bytes)):
+            buf = np.frombuffer(b"".join(rle_bytes), dtype=np.uint8).copy()
+            batch[name].append(torch.from_numpy(buf))
+        for name in _STATES:
+            parts = [p for p in batch[name] if p.shape[0]]
+            if parts:
+                getattr(self, name).append(torch.cat(parts).to(_STATE_LAYOUT[name][0]))
+
+    # ---------------------------------------------------------------- sync
+
+    def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
+        """Gather every state as one object per rank (states of mixed dtypes and sizes)."""
+        group = process_group or self.process_group
+        local = {name: self._cat_state(name) for name in _STATES}
+        gathered: list[dict | None] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, local, group=group)
+        for name in _STATES:
+            setattr(self, name, [part[name] for part in gathered if part is not None and part[name].numel()])
+
+    def _cat_state(self, name: str) -> Tensor:
+        dtype, trailing = _STATE_LAYOUT[name]
+        parts = [p.cpu() for p in getattr(self, name) if p.shape[0]]
+        if parts:
+            return torch.cat(parts).to(dtype)
+        width = (3 * (self._num_keypoints or 0),) if trailing is None else trailing
+        return torch.zeros((0, *width), dtype=dtype)
+
+    # ---------------------------------------------------------------- compute
+
+    def _gathered_arrays(self) -> dict[str, np.ndarray]:
+        """All states as numpy arrays, each image id kept once (its first occurrence)."""
+        data = {name: self._cat_state(name).numpy() for name in _STATES}
+        ids = data["img_ids"]
+        if np.unique(ids).size == ids.size:
+            return data
+        keep_img = self._first_occurrences(data)
+        keep = {"img": keep_img}
+        for prefix in ("gt", "dt"):
+            keep[prefix] = np.repeat(keep_img, data[f"{prefix}_counts"])
+            keep[f"{prefix}_rle"] = np.repeat(keep[prefix], data[f"{prefix}_rle_len"])
+        for name in _STATES:
+            group = name if name in keep else ("img" if name in _IMAGE_STATES else name[:2])
+            data[name] = data[name][keep[group]]
+        return data
+
+    @staticmethod
+    def _first_occurrences(data: dict[str, np.ndarray]) -> np.ndarray:
+        """Bool [I]: False for a repeated image id; raises when a repeat has other ground truth."""
+        gt_off = np.concatenate(([0], np.cumsum(data["gt_counts"])))
+        rle_off = np.concatenate(([0], np.cumsum(data["gt_rle_len"])))
+
+        def ground_truth(i: int) -> list[np.ndarray]:
+            a, b = gt_off[i], gt_off[i + 1]
+            fields = [data[k][a:b] for k in ("gt_boxes", "gt_labels", "gt_crowd", "gt_rle_len", "gt_kpts")]
+            return [data["img_sizes"][i], data["gt_rle"][rle_off[a] : rle_off[b]], *fields]
+
+        keep = np.ones(data["img_ids"].size, dtype=bool)
+        first: dict[int, int] = {}
+        for i, image_id in enumerate(data["img_ids"].tolist()):
+            j = first.setdefault(image_id, i)
+            if j == i:
+                continue
+            if not all(np.array_equal(x, y) for x, y in zip(ground_truth(i), ground_truth(j))):
+                raise DataError(
+                    f"COCOEvaluator: image id {image_id} was added twice with different ground truth. "
+                    f"Pass the dataset's own id of every image as image_ids (ids must be unique)."
+                )
+            keep[i] = False
+        return keep
+
+    def _class_index_and_category(self, cat_ids: list[int]) -> list[tuple[int, int]]:
+        if self.category_ids is not None:
+            return list(enumerate(self.category_ids))
+        return [(cat - 1, cat) for cat in cat_ids]
+
+    def _category_ids(self, data: dict[str, np.ndarray]) -> list[int]:
+        if self.category_ids is not None:
+            return list(self.category_ids)
+        labels = np.union1d(data["gt_labels"], data["dt_labels"])
+        return [int(i) + 1 for i in labels]
+
+    def _build(self, data: dict[str, np.ndarray]) -> tuple[list[dict], list[dict], list[dict]]:
+        """COCO images, ground-truth annotations and base detection records (shared fields)."""
+        # Images in the transposed frame of the internal RLEs (height = W, width = H).
+        images = [
+            {"id": int(i), "height": int(w), "width": int(h)}
+            for i, (h, w) in zip(data["img_ids"].tolist(), data["img_sizes"].tolist())
+        ]
+        num_labels = int(max(data["gt_labels"].max(initial=-1), data["dt_labels"].max(initial=-1))) + 1
+        cat_map = _category_map(self.category_ids, num_labels)
+        gt_image = np.repeat(data["img_ids"], data["gt_counts"]).tolist()
+        dt_image = np.repeat(data["img_ids"], data["dt_counts"]).tolist()
+        gt_size = np.repeat(data["img_sizes"], data["gt_counts"], axis=0).tolist()
+        dt_size = np.repeat(data["img_sizes"], data["dt_counts"], axis=0).tolist()
+        gt_boxes = _xywh(torch.from_numpy(data["gt_boxes"]))
+        dt_boxes = _xywh(torch.from_numpy(data["dt_boxes"]))
+
+        gts = []
+        for j, (image_id, label, crowd, area, box) in enumerate(
+            zip(gt_image, data["gt_labels"].tolist(), data["gt_crowd"].tolist(), data["gt_area"].tolist(), gt_boxes)
+        ):
+            gts.append({
+                "id": j + 1, "image_id": image_id, "category_id": cat_map[label], "bbox": box,
+                "area": area, "iscrowd": int(crowd),
+            })  # fmt: skip
+        dts = []
+        for j, (image_id, label, score, box) in enumerate(
+            zip(dt_image, data["dt_labels"].tolist(), data["dt_scores"].tolist(), dt_boxes)
+        ):
+            dts.append({
+                "id": j + 1, "image_id": image_id, "category_id": cat_map[label], "score": score,
+                "iscrowd": 0, "bbox": box,
+            })  # fmt: skip
+        if self._needs_masks:
+            for anns, prefix, sizes in ((gts, "gt", gt_size), (dts, "dt", dt_size)):
+                buf = data[f"{prefix}_rle"].tobytes()
+                offsets = np.concatenate(([0], np.cumsum(data[f"{prefix}_rle_len"]))).tolist()
+                for j, ann in enumerate(anns):
+                    h, w = sizes[j]
+                    ann["segmentation"] = {"size": [w, h], "counts": buf[offsets[j] : offsets[j + 1]]}
+            for ann, area in zip(dts, data["dt_area"].tolist()):
+                ann["mask_area"] = area
+        if self._needs_kpts:
+            for ann, kpts in zip(gts, data["gt_kpts"].tolist()):
+                ann["keypoints"] = kpts
+                ann["num_keypoints"] = int(sum(v > 0 for v in kpts[2::3]))
+            for ann, kpts in zip(dts, data["dt_kpts"].tolist()):
+                ann["keypoints"] = kpts
+        return images, gts, dts
+
+    @staticmethod
+    def _detections_for(iou_type: str, dts: list[dict]) -> list[dict]:
+        """Detection records for one IoU type, with ``area`` as ``COCO.loadRes`` sets it."""
+        out = []
+        for d in dts:
+            rec = {k: d[k] for k in ("id", "image_id", "category_id", "score", "iscrowd")}
+            x, y, w, h = d["bbox"]
+            if iou_type in _MASK_IOU_TYPES:
+                rec["segmentation"] = d["segmentation"]
+                rec["area"] = d["mask_area"]
+            else:
+                rec["bbox"] = d["bbox"]
+                rec["area"] = w * h
+                if iou_type == "keypoints":
+                    rec["keypoints"] = d["keypoints"]
+            out.append(rec)
+        return out
+
+    def compute(self) -> dict[str, float]:
+        """Evaluate everything added so far (all processes); returns stats by name."""
+        data = self._gathered_arrays()
+        out: dict[str, float] = {}
+        if data["img_ids"].size == 0:
+            log.warning("COCOEvaluator.compute() called before any update; returning -1 for every stat")
+            for iou_type in self.iou_types:
+                names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else detection_stat_names(self.max_dets)
+                out.update({f"{iou_type}/{n}": -1.0 for n in names})
+            return out
+        images, gts, dts = self._build(data)
+        cat_ids = self._category_ids(data)
+        categories = [{"id": c, "name": str(c)} for c in cat_ids]
+        for iou_type in self.iou_types:
+            gt_dataset = {"images": images, "categories": categories, "annotations": [dict(g) for g in gts]}
+            stats, per_class = _run_cocoeval(
+                gt_dataset,
+                self._detections_for(iou_type, dts),
+                iou_type,
+                backend=self.backend,
+                max_dets=self.max_dets,
+                kpt_sigmas=self.kpt_sigmas,
+                boundary_dilation_ratio=self.boundary_dilation_ratio,
+            )
+            out.update({f"{iou_type}/{k}": v for k, v in stats.items()})
+            if self.per_class:
+                for index, cat in self._class_index_and_category(cat_ids):
+                    names = self.class_names
+                    name = names[index] if names is not None and index < len(names) else str(index)
+                    out[f"{iou_type}/AP/{name}"] = per_class.get(cat, -1.0)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _load_json(path: str, what: str):
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: {what} file not found.")
+    try:
+        return orjson.loads(p.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"{path}: {what} file is not valid JSON ({exc}). Re-export the file.") from exc
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _raise_collected(path: str, what: str, errors: list[str], fix: str) -> None:
+    if errors:
+        shown = "\n  ".join(errors[:5])
+        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise DataError(f"{path}: {len(errors)} bad {what}:\n  {shown}{more}\n{fix}")
+
+
+def _check_segmentation(seg, h: int, w: int) -> str | None:
+    """Reason why a COCO segmentation (polygons or RLE) is unusable, None when fine."""
+    if isinstance(seg, list):
+        if not seg:
+            return "'segmentation' is an empty polygon list"
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(map(_is_number, poly)):
+                return "each polygon must be a flat list of >= 3 finite (x, y) pairs"
+        return None
+    if isinstance(seg, dict):
+        if list(seg.get("size", [])) != [h, w]:
+            return f"RLE 'size' {seg.get('size')} differs from the image's [height, width] [{h}, {w}]"
+        return None  # the runs are checked in one batch by validate_rles
+    return f"'segmentation' must be polygons or an RLE dict, got {type(seg).__name__}"
+
+
+def _rle_errors(items: list[tuple[int, dict]], label: str) -> list[str]:
+    return [f"{label} {items[i][0]}: {reason}" for i, reason in validate_rles([r for _, r in items])]
+
+
+def _load_gt(gt_json: str, iou_type: str, num_kpts: int) -> dict:
+    """Load and check a COCO ground-truth file; annotation ids are renumbered 1..N."""
+    gt = _load_json(gt_json, "ground-truth")
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
+        raise DataError(f"{gt_json}: a COCO ground-truth file is an object with 'images', 'annotations' and 'categories' lists.")
+    errors: list[str] = []
+    sizes: dict[int, tuple[int, int]] = {}
+    for i, img in enumerate(gt["images"]):
+        if not isinstance(img, dict) or not _is_int(img.get("id")):
+            errors.append(f"image record {i}: needs an integer 'id'")
+        elif not (_is_int(img.get("height")) and _is_int(img.get("width")) and img["height"] > 0 and img["width"] > 0):
+            errors.append(f"image record {i} (id {img['id']}): needs positive integer 'height' and 'width'")
+        else:
+            sizes[img["id"]] = (img["height"], img["width"])
+    cats = {c.get("id") for c in gt["categories"] if isinstance(c, dict)}
+    rles: list[tuple[int, dict]] = []
+    anns = []
+    for i, ann in enumerate(gt["annotations"]):
+        if not isinstance(ann, dict):
+            errors.append(f"annotation record {i}: not an object")
+            continue
+        where = f"annotation record {i} (id {ann.get('id')}, image_id {ann.get('image_id')})"
+        if ann.get("image_id") not in sizes:
+            errors.append(f"{where}: image_id is not in 'images'")
+            continue
+        if ann.get("category_id") not in cats:
+            errors.append(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+            continue
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0):
+            errors.append(f"{where}: 'bbox' must be [x, y, w, h] finite numbers with w, h >= 0")
+            continue
+        if not _is_number(ann.get("area")):
+            errors.append(f"{where}: needs a finite 'area'")
+            continue
+        ann = dict(ann, id=len(anns) + 1, iscrowd=int(bool(ann.get("iscrowd", 0))))
+        if iou_type in _MASK_IOU_TYPES:
+            h, w = sizes[ann["image_id"]]
+            reason = _check_segmentation(ann.get("segmentation"), h, w)
+            if reason:
+                errors.append(f"{where}: {reason}")
+                continue
+            if isinstance(ann["segmentation"], dict):
+                rles.append((i, ann["segmentation"]))
+        if iou_type == "keypoints":
+            kpts = ann.get("keypoints")
+            if not (isinstance(kpts, list) and len(kpts) == 3 * num_kpts and all(map(_is_number, kpts))):
+                errors.append(f"{where}: 'keypoints' must be {3 * num_kpts} finite numbers (x, y, v per keypoint)")
+                continue
+            ann["num_keypoints"] = sum(1 for v in kpts[2::3] if v > 0)
+        anns.append(ann)
+    errors += _rle_errors(rles, "annotation record")
+    _raise_collected(gt_json, "ground-truth records", errors, "Fix or remove these records in the ground-truth file.")
+    return {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
+
+
+def _load_results(dt_json: str, gt: dict, iou_type: str, num_kpts: int) -> list[dict]:
+    """Load and check a COCO results file; returns detection dicts as ``loadRes`` builds them."""
+    records = _load_json(dt_json, "results")
+    if not isinstance(records, list):
+        raise DataError(
+            f"{dt_json}: a COCO results file is a JSON list of detections "
+            f"({{'image_id', 'category_id', 'score', 'bbox' | 'segmentation' | 'keypoints'}}), "
+            f"got {type(records).__name__}."
+        )
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    cats = {c["id"] for c in gt["categories"]}
+    errors: list[str] = []
+    dts: list[dict] = []
+    rles: list[tuple[int, dict]] = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            errors.append(f"record {i}: not an object")
+            continue
+        image_id, cat, score = rec.get("image_id"), rec.get("category_id"), rec.get("score")
+        where = f"record {i} (image_id {image_id!r}, category_id {cat!r})"
+        if image_id not in sizes:
+            errors.append(f"{where}: image_id is not in the ground truth")
+            continue
+        if cat not in cats:
+            errors.append(f"{where}: category_id is not in the ground truth's categories")
+            continue
+        if not _is_number(score):
+            errors.append(f"{where}: 'score' must be a finite number, got {score!r}")
+            continue
+        dt = {"id": len(dts) + 1, "image_id": image_id, "category_id": cat, "score": score, "iscrowd": 0}
+        bbox = rec.get("bbox")
+        has_box = isinstance(bbox, list) and bbox != []
+        if has_box and not (len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0):
+            errors.append(f"{where}: 'bbox' must be [x, y, w, h] finite numbers with w, h >= 0")
+            continue
+        seg = rec.get("segmentation")
+        if iou_type in _MASK_IOU_TYPES or (iou_type == "bbox" and not has_box):
+            if seg is None:
+                errors.append(f"{where}: needs 'segmentation' (RLE) for {iou_type} evaluation")
+                continue
+            h, w = sizes[image_id]
+            reason = _check_segmentation(seg, h, w)
+            if reason:
+                errors.append(f"{where}: {reason}")
+                continue
+            if isinstance(seg, list):  # polygons: rasterise as COCO.annToRLE does
+                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            else:
+                rles.append((i, seg))
+            dt["segmentation"] = seg
+        if iou_type == "bbox":
+            dt["bbox"] = bbox if has_box else None  # filled from the mask below
+        elif iou_type == "keypoints":
+            kpts = rec.get("keypoints")
+            if not (isinstance(kpts, list) and len(kpts) == 3 * num_kpts and all(map(_is_number, kpts))):
+                errors.append(f"{where}: 'keypoints' must be {3 * num_kpts} finite numbers (x, y, score per keypoint)")
+                continue
+            dt["keypoints"] = kpts
+            if has_box:
+                dt["bbox"], dt["area"] = bbox, bbox[2] * bbox[3]
+            else:
+                dt["area"], dt["bbox"] = _keypoint_extent(kpts)
+        dts.append(dt)
+    errors += _rle_errors(rles, "record")
+    _raise_collected(dt_json, "results records", errors, "Fix or remove these records in the results file.")
+    if iou_type in _MASK_IOU_TYPES or iou_type == "bbox":
+        with_mask = [d for d in dts if "segmentation" in d]
+        if with_mask:
+            segs = [d["segmentation"] for d in with_mask]
+            areas = mask_utils.area(segs)
+            boxes = mask_utils.toBbox(segs)
+            for d, a, b in zip(with_mask, areas.tolist(), boxes.tolist()):
+                if iou_type == "bbox":
+                    del d["segmentation"]
+                    d["area"] = a
+                    d["bbox"] = b
+                else:
+                    d["area"] = a
+    if iou_type == "bbox":
+        for d in dts:
+            if "area" not in d:
+                d["area"] = d["bbox"][2] * d["bbox"][3]
+    return dts
+
+
+def evaluate_coco_files(
+    gt_json: str,
+    dt_json: str,
+    iou_type: str,
+    kpt_sigmas: list[float] | None = None,
+    backend: str = "faster_coco_eval",
+    max_dets=(1, 10, 100),
+) -> dict[str, float]:
+    """Evaluate a COCO results file against a COCO ground-truth file.
+
+    Both files are checked first: a results record whose image or category is not in the
+    ground truth, a malformed RLE / box / keypoint list, or invalid JSON raises ``DataError``
+    naming the file and the records (never a silently wrong number).
+
+    Args:
+        gt_json: COCO dataset JSON (``images``, ``annotations``, ``categories``).
+        dt_json: COCO results JSON (a list of detections).
+        iou_type: "bbox", "segm", "boundary" or "keypoints".
+        kpt_sigmas: OKS sigma per keypoint (COCO's 17 person sigmas when None).
+        backend: "faster_coco_eval" or "pycocotools".
+        max_dets: detections per image for box/mask AR.
+
+    Returns:
+        ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl`` (keypoints:
+        ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl``), as ``COCOeval.stats``
+        (-1 where undefined). Mask results are evaluated with their mask area (see module doc).
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    num_kpts = len(kpt_sigmas) if kpt_sigmas is not None else len(COCO_PERSON_SIGMAS)
+    gt = _load_gt(gt_json, iou_type, num_kpts)
+    dts = _load_results(dt_json, gt, iou_type, num_kpts)
+    stats, _ = _run_cocoeval(gt, dts, iou_type, backend=backend, max_dets=max_dets, kpt_sigmas=kpt_sigmas)
+    return stats
+
+
+_STAT_DESCRIPTIONS = {
+    "AP": (1, None, "all"), "AP50": (1, 0.5, "all"), "AP75": (1, 0.75, "all"), "APs": (1, None, "small"),
+    "APm": (1, None, "medium"), "APl": (1, None, "large"), "AR": (0, None, "all"), "AR50": (0, 0.5, "all"),
+    "AR75": (0, 0.75, "all"), "ARs": (0, None, "small"), "ARm": (0, None, "medium"), "ARl": (0, None, "large"),
+}  # fmt: skip
+
+
+def format_coco_table(stats: dict) -> str:
+    """Format COCO stats as pycocotools prints them (one line per stat).
+
+    Accepts the dict of ``evaluate_coco_files`` or of ``COCOEvaluator.compute`` (keys with an
+    ``<iou_type>/`` prefix are grouped under a header; per-class keys are listed after).
+    """
+    groups: dict[str, dict[str, float]] = {}
+    for key, value in stats.items():
+        head, _, rest = key.partition("/")
+        prefix, name = (head, rest) if head in IOU_TYPES and rest else ("", key)
+        groups.setdefault(prefix, {})[name] = float(value)
+    lines: list[str] = []
+    for prefix, group in groups.items():
+        if prefix:
+            lines.append(f"[{prefix}]")
+        ar_max = [int(k[2:]) for k in group if k.startswith("AR") and k[2:].isdigit() and k not in ("AR50", "AR75")]
+        is_kpt = "AR" in group
+        top = 20 if is_kpt else (max(ar_max) if ar_max else 100)
+        for name, value in group.items():
+            if name in _STAT_DESCRIPTIONS or (name.startswith("AR") and name[2:].isdigit()):
+                ap, iou, area = _STAT_DESCRIPTIONS.get(name, (0, None, "all"))
+                md = int(name[2:]) if name not in _STAT_DESCRIPTIONS else top
+                title = "Average Precision  (AP)" if ap else "Average Recall     (AR)"
+                iou_str = "0.50:0.95" if iou is None else f"{iou:0.2f}"
+                lines.append(f" {title} @[ IoU={iou_str:<9} | area={area:>6s} | maxDets={md:>3d} ] = {value:0.3f}")
+            else:
+                lines.append(f" {name:<52} = {value:0.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""Run-length encoding of masks in the COCO format, fast and checked.
+
+COCO stores a mask as the run lengths of its pixels read in column-major (Fortran) order,
+compressed into an ASCII string (``pycocotools.mask``). Two helpers encode batches of masks:
+
+* ``encode_masks`` gives the standard RLE of each mask (for results files).
+* ``encode_masks_transposed`` gives the RLE of each mask's *transpose* without copying: a
+  C-contiguous ``[N, H, W]`` tensor already lies in memory as a column-major ``[W, H, N]``
+  array, which is what ``pycocotools.mask.encode`` reads. Mask IoU, crowd IoU, area and the
+  Boundary-IoU band (a square structuring element and a radius from the image diagonal) are
+  all unchanged by transposing both masks of a pair, so the streaming metric works on these
+  RLEs and skips one transposing copy per mask (about 3x faster encoding on CPU).
+
+``validate_rles`` checks compressed RLE strings with a vectorised decoder (valid characters,
+no truncated run, no negative run, runs summing to ``H * W``) so that a malformed results file
+fails with the record's index instead of crashing or giving a silently wrong number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from torch import Tensor
+
+
+def binarize_masks(masks: Tensor, mask_thresh: float = 0.5) -> Tensor:
+    """Binary masks from bool, integer or float (probability) masks.
+
+    Args:
+        masks: ``Tensor[N, H, W]`` bool, integer (non-zero is foreground) or float
+            probabilities (``>= mask_thresh`` is foreground).
+        mask_thresh: threshold for float masks.
+
+    Returns:
+        ``Tensor[N, H, W]`` bool, on the input's device.
+    """
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.is_floating_point():
+        return masks >= mask_thresh
+    return masks != 0
+
+
+def _encode_column_major(arr: np.ndarray) -> list[dict]:
+    """``pycocotools.mask.encode`` of a Fortran-ordered ``uint8[h, w, N]`` array."""
+    if arr.shape[2] == 0:
+        return []
+    return mask_utils.encode(arr)
+
+
+def encode_masks_transposed(masks: Tensor, mask_thresh: float = 0.5) -> list[dict]:
+    """RLE of the transpose of each mask, without a transposing copy.
+
+    The returned RLEs have ``size == [W, H]``; use them only against RLEs produced the same
+    way (IoU and area are those of the untransposed masks).
+
+    Args:
+        masks: ``Tensor[N, H, W]`` (see ``binarize_masks``), on any device.
+        mask_thresh: threshold for float masks.
+
+    Returns:
+        N dicts ``{"size": [W, H], "counts": bytes}``.
+    """
+    binary = binarize_masks(masks, mask_thresh).contiguous().cpu()
+    arr = binary.view(torch.uint8).numpy()  # [N, H, W] C order == [W, H, N] Fortran order
+    return _encode_column_major(arr.transpose(2, 1, 0))
+
+
+def encode_masks(masks: Tensor, mask_thresh: float = 0.5) -> list[dict]:
+    """Standard COCO RLE of each mask.
+
+    Args:
+        masks: ``Tensor[N, H, W]`` (see ``binarize_masks``), on any device.
+        mask_thresh: threshold for float masks.
+
+    Returns:
+        N dicts ``{"size": [H, W], "counts": bytes}``.
+    """
+    binary = binarize_masks(masks, mask_thresh)
+    arr = binary.transpose(1, 2).contiguous().cpu().view(torch.uint8).numpy()  # [N, W, H]
+    return _encode_column_major(arr.transpose(2, 1, 0))  # [H, W, N] Fortran order
+
+
+def decode_rle_strings(strings: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode many compressed COCO RLE strings at once (vectorised ``rleFrString``).
+
+    Each run is stored as 5-bit groups (least significant first, ``0x20`` = more groups follow,
+    ``0x10`` of the last group = sign), offset by 48 into printable ASCII; runs after the third
+    are stored as the difference to the run two places before.
+
+    Args:
+        strings: R compressed ``counts`` strings (bytes).
+
+    Returns:
+        ``counts`` int64 [M]: all runs, string after string; ``owner`` int64 [M]: the string
+        index of each run; ``ok`` bool [R]: False for a string with an invalid character, a
+        truncated last run, an overlong run or a negative run.
+    """
+    num = len(strings)
+    lens = np.fromiter((len(s) for s in strings), dtype=np.int64, count=num)
+    ok = np.ones(num, dtype=bool)
+    if lens.sum() == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), ok
+    chars = np.frombuffer(b"".join(strings), dtype=np.uint8).astype(np.int64) - 48
+    char_owner = np.repeat(np.arange(num), lens)
+    ok &= np.bincount(char_owner[(chars < 0) | (chars > 63)], minlength=num) == 0
+    chars &= 63  # keep the arithmetic bounded for strings already marked bad
+
+    more = (chars & 0x20) != 0
+    last_char = np.cumsum(lens)[lens > 0] - 1
+    ok[lens > 0] &= ~more[last_char]  # the last run of a string must be complete
+    run_end = ~more
+    run_end[last_char] = True  # never let a run continue into the next string
+    run_start = np.flatnonzero(np.concatenate(([True], run_end[:-1])))
+    run_of_char = np.cumsum(run_end) - run_end
+    group = np.arange(chars.size) - run_start[run_of_char]  # 5-bit group index within the run
+    overlong = group >= 8  # a 32-bit run needs at most 7 groups
+    ok &= np.bincount(char_owner[overlong], minlength=num) == 0
+    group = np.minimum(group, 7)
+
+    values = np.add.reduceat((chars & 0x1F) << (5 * group), run_start)
+    last = np.flatnonzero(run_end)
+    negative = (chars[last] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * (group[last][negative] + 1))
+
+    owner = char_owner[last]
+    runs_per_string = np.bincount(owner, minlength=num)
+    first_run = np.cumsum(runs_per_string) - runs_per_string
+    index = np.arange(values.size) - first_run[owner]  # run index m within its string
+    # m > 2 stores cnt[m] - cnt[m - 2]: prefix sums along the odd runs (from m = 1) and the
+    # even runs (from m = 2) of each string.
+    for parity, start in ((1, 1), (0, 2)):
+        sel = np.flatnonzero((index % 2 == parity) & (index >= start))
+        if sel.size == 0:
+            continue
+        part = values[sel]
+        csum = np.cumsum(part)
+        seg_first = np.concatenate(([True], owner[sel][1:] != owner[sel][:-1]))
+        seg_id = np.cumsum(seg_first) - 1
+        values[sel] = csum - (csum - part)[seg_first][seg_id]
+    ok &= np.bincount(owner[values < 0], minlength=num) == 0
+    return values, owner, ok
+
+
+def validate_rles(rles: Sequence[dict]) -> list[tuple[int, str]]:
+    """Check COCO RLE dicts; returns ``(index, reason)`` for every bad one (empty when all good).
+
+    Accepts compressed (``counts`` str/bytes) and uncompressed (``counts`` list of ints) RLEs.
+    A valid RLE has ``size == [h, w]`` with non-negative integers and runs that are
+    non-negative and sum to ``h * w``.
+    """
+    bad: list[tuple[int, str]] = []
+    str_index: list[int] = []
+    str_counts: list[bytes] = []
+    areas: list[int] = []
+    for i, rle in enumerate(rles):
+        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+            bad.append((i, "RLE must be a dict with 'size' [h, w] and 'counts'"))
+            continue
+        size = rle["size"]
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) and v >= 0 for v in size)
+        ):
+            bad.append((i, f"RLE 'size' must be [height, width] integers, got {size!r}"))
+            continue
+        counts = rle["counts"]
+        total = int(size[0]) * int(size[1])
+        if isinstance(counts, str):
+            counts = counts.encode("ascii", errors="replace")
+        if isinstance(counts, bytes):
+            str_index.append(i)
+            str_counts.append(counts)
+            areas.append(total)
+        elif isinstance(counts, (list, tuple)):
+            if not all(isinstance(c, (int, np.integer)) and c >= 0 for c in counts):
+                bad.append((i, "uncompressed RLE 'counts' must be non-negative integers"))
+            elif sum(counts) != total:
+                bad.append((i, f"RLE runs sum to {sum(counts)}, expected h*w = {total}"))
+        else:
+            bad.append((i, f"RLE 'counts' must be a string or a list, got {type(counts).__name__}"))
+    if str_counts:
+        values, owner, ok = decode_rle_strings(str_counts)
+        totals = np.bincount(owner, weights=values.astype(np.float64), minlength=len(str_counts))
+        for j, i in enumerate(str_index):
+            if not ok[j]:
+                bad.append((i, "compressed RLE string is malformed (bad character or truncated run)"))
+            elif int(round(totals[j])) != areas[j]:
+                bad.append((i, f"RLE runs sum to {int(round(totals[j]))}, expected h*w = {areas[j]}"))
+    return sorted(bad)
