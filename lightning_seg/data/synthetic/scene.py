@@ -137,10 +137,10 @@ class Scene:
 
 
 def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
-    """``float32[H, W]`` unit-variance noise, bilinearly smoothed over ``cell`` pixels."""
+    """``float32[H, W]`` unit-variance noise, smoothly interpolated over ``cell`` pixels."""
     gh, gw = height // cell + 2, width // cell + 2
     coarse = rng.standard_normal((gh, gw)).astype(np.float32)
-    big = Image.fromarray(coarse).resize((gw * cell, gh * cell), Image.Resampling.BILINEAR)
+    big = Image.fromarray(coarse).resize((gw * cell, gh * cell), Image.Resampling.BICUBIC)
     return np.asarray(big, dtype=np.float32)[:height, :width]
 
 
