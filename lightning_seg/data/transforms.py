@@ -13,10 +13,15 @@ Conventions (read before writing a model or a metric that depends on them):
 - **Boxes** are x1y1x2y2 in continuous pixel coordinates: a mask pixel ``(i, j)`` spans
   ``[j, j + 1] x [i, i + 1]``, so a box from a mask is ``(min_x, min_y, max_x + 1, max_y + 1)``
   (as COCO / ``pycocotools.mask.toBbox``).
-- **Keypoints** follow albumentations (and COCO's integer annotations): ``x`` is a pixel index,
-  the centre of pixel ``j`` is ``x = j``, so a horizontal flip maps ``x -> W - 1 - x``.
-  A keypoint that leaves the image (``not 0 <= x < W`` or ``not 0 <= y < H``) gets
-  visibility 0; every visibility-0 keypoint is written as ``(0, 0, 0)``.
+- **Keypoints** are in the same continuous frame as boxes (and the synthetic world): the
+  centre of pixel ``(i, j)`` is ``(x, y) = (j + 0.5, i + 0.5)``, so a horizontal flip maps
+  ``x -> W - x``. Albumentations treats keypoints as pixel indices (flip ``x -> W - 1 - x``),
+  so they are shifted by -0.5 before and +0.5 after: flips, transposes, 90-degree rotations,
+  crops, pads and rotations are then exact. Albumentations' resizes scale ``x`` by ``s``
+  directly, which leaves an error of ``0.5 * (s - 1)`` output pixels per resize (-0.5 px for a
+  2x upscale, +0.25 px for a 0.5x downscale). A keypoint outside the image
+  (``not 0 <= x < W`` or ``not 0 <= y < H``) gets visibility 0, and every visibility-0
+  keypoint is written as ``(0, 0, 0)``.
 - **Reflections swap left/right keypoints** through the flip permutation
   (``DatasetInfo.flip_permutation()``): a horizontal flip, a vertical flip, a transpose or a
   reflecting ``D4`` element each mirror the image, and an odd number of them swaps the keypoints.
@@ -236,7 +241,8 @@ class AlbumentationsTransform:
         data["box_index"] = np.arange(len(boxes))
         if inst is not None and inst.keypoints is not None:
             num_kp = inst.keypoints.shape[1]
-            data["keypoints"] = inst.keypoints[..., :2].reshape(-1, 2).numpy().astype(np.float32)
+            # continuous -> albumentations' pixel-index convention (module docstring)
+            data["keypoints"] = inst.keypoints[..., :2].reshape(-1, 2).numpy().astype(np.float32) - 0.5
         else:
             data["keypoints"] = np.zeros((0, 2), np.float32)
         data["keypoint_index"] = np.arange(len(data["keypoints"]))
@@ -304,7 +310,8 @@ class AlbumentationsTransform:
         index = torch.as_tensor(np.asarray(out["keypoint_index"]), dtype=torch.int64)
         present = torch.zeros(n * num_kp, dtype=torch.bool)
         if len(index):
-            flat[index, :2] = torch.as_tensor(np.asarray(out["keypoints"])[:, :2], dtype=torch.float32)
+            xy = torch.as_tensor(np.asarray(out["keypoints"])[:, :2], dtype=torch.float32)
+            flat[index, :2] = xy + 0.5  # back to continuous coordinates
             present[index] = True
         x, y = flat[:, 0], flat[:, 1]
         inside = present & (x >= 0) & (x < w) & (y >= 0) & (y < h)
@@ -348,10 +355,16 @@ def _encode_panoptic(pan: PanopticTargets, file_name: str) -> np.ndarray:
     """Segment map -> ``uint16`` codes: 0 void, ``s + 1`` for segment ``pan.ids[s]``."""
     if len(pan) + 1 > _MAX_LABEL_CODE:
         raise ValueError(f"{file_name}: {len(pan)} panoptic segments, at most {_MAX_LABEL_CODE - 1}")
-    code = torch.zeros_like(pan.segment_map)
-    for s, seg_id in enumerate(pan.ids.tolist()):
-        if seg_id != 0:
-            code[pan.segment_map == seg_id] = s + 1
+    ids = pan.ids.to(torch.int64)
+    order = torch.argsort(ids)
+    sorted_ids = ids[order]
+    seg = pan.segment_map.to(torch.int64)
+    pos = torch.searchsorted(sorted_ids, seg).clamp(max=max(len(ids) - 1, 0))  # [H, W]
+    if len(ids):
+        found = (sorted_ids[pos] == seg) & (seg != 0)
+        code = torch.where(found, order[pos] + 1, torch.zeros_like(seg))
+    else:
+        code = torch.zeros_like(seg)
     return code.numpy().astype(np.uint16)
 
 

@@ -122,8 +122,8 @@ def test_hflip_swaps_left_right_keypoints_and_mirrors_coordinates():
     out = t(sample)
     kp_in, kp_out = sample.instances.keypoints, out.instances.keypoints
     # keypoint 0 of the output is the mirrored keypoint 1 of the input and vice versa
-    assert torch.equal(kp_out[:, 0, 0], W - 1 - kp_in[:, 1, 0])
-    assert torch.equal(kp_out[:, 1, 0], W - 1 - kp_in[:, 0, 0])
+    assert torch.equal(kp_out[:, 0, 0], W - kp_in[:, 1, 0])
+    assert torch.equal(kp_out[:, 1, 0], W - kp_in[:, 0, 0])
     assert torch.equal(kp_out[:, 0, 1:], kp_in[:, 1, 1:])
     assert torch.equal(out.image, sample.image.flip(2))
     assert torch.equal(out.instances.masks, sample.instances.masks.flip(2))
@@ -151,7 +151,7 @@ def test_flip_permutation_comes_from_bound_dataset_info():
     with pytest.raises(ValueError, match="flip_permutation"):
         unbound(sample)
     out = unbound.bind(info)(sample)
-    assert torch.equal(out.instances.keypoints[:, 0, 0], W - 1 - sample.instances.keypoints[:, 1, 0])
+    assert torch.equal(out.instances.keypoints[:, 0, 0], W - sample.instances.keypoints[:, 1, 0])
 
 
 def test_reflections_are_detected():
@@ -217,3 +217,47 @@ def test_clip_frames_get_the_same_parameters():
     t = train_transform(size=(13, 13), flip_permutation=[1, 0], seed=2)
     frames = t.apply_clip([sample, sample, sample])
     assert all(torch.equal(frames[0].image, f.image) for f in frames[1:])
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        A.HorizontalFlip(p=1.0),
+        A.VerticalFlip(p=1.0),
+        A.Transpose(p=1.0),
+        A.Affine(rotate=(90, 90), p=1.0),
+        A.PadIfNeeded(40, 48, p=1.0),
+        A.Crop(x_min=2, y_min=1, x_max=30, y_max=20),
+    ],
+    ids=lambda op: type(op).__name__,
+)
+def test_keypoint_stays_at_its_mask_pixel_centre(op):
+    """Keypoints use the continuous frame (pixel (i, j) centred at (j + .5, i + .5)), like boxes."""
+    masks = torch.zeros(2, H, W, dtype=torch.bool)
+    points = [(5, 7), (14, 22)]
+    for n, (r, c) in enumerate(points):
+        masks[n, r, c] = True
+    keypoints = torch.tensor([[[c + 0.5, r + 0.5, 2.0]] for r, c in points])
+    inst = InstanceTargets(
+        boxes=boxes_from_masks(masks), labels=torch.zeros(2, dtype=torch.int64),
+        image_size=(H, W), masks=masks, keypoints=keypoints,
+    )  # fmt: skip
+    image = torch.zeros(3, H, W, dtype=torch.uint8)
+    out = AlbumentationsTransform([op], flip_permutation=[0])(Sample(image, SampleMeta(0, "k", (H, W)), inst))
+    for n in range(len(out.instances)):
+        r, c = torch.nonzero(out.instances.masks[n])[0].tolist()
+        assert out.instances.keypoints[n, 0].tolist() == [c + 0.5, r + 0.5, 2.0]
+        assert out.instances.boxes[n].tolist() == [c, r, c + 1, r + 1]
+
+
+def test_panoptic_segments_with_unsorted_ids_survive_a_flip():
+    sample = _sample()
+    pan = sample.panoptic
+    order = torch.tensor([2, 0, 1])
+    shuffled = PanopticTargets(pan.segment_map, pan.ids[order], pan.labels[order], pan.isthing[order],
+                               pan.iscrowd[order])
+    sample = Sample(sample.image, sample.meta, panoptic=shuffled)
+    out = AlbumentationsTransform([A.HorizontalFlip(p=1.0)])(sample)
+    assert torch.equal(out.panoptic.segment_map, pan.segment_map.flip(1))
+    assert out.panoptic.ids.tolist() == [3003, 1001, 2002]
+    assert out.panoptic.labels.tolist() == [2, 3, 1]
