@@ -26,14 +26,15 @@ from lightning_seg.callbacks.progress import default_progress_bar
 
 DEFAULT_CONFIG = os.path.join("experiments", "defaults.yaml")
 
-# (DataModule attribute, task/network argument) pairs; a link whose target argument does not
-# exist on the chosen class is skipped, so one table serves every task and network.
+# (DataModule attribute, task/network argument) pairs. A link whose last key does not exist on
+# the chosen class is skipped, so one table serves every task and network; networks therefore
+# take ``num_classes`` at their top level (builder classes wrap part-built detectors).
 DATA_LINKS: list[tuple[str, str]] = [
     ("data.num_classes", "model.init_args.num_classes"),
     ("data.info", "model.init_args.info"),
+    ("data.ignore_index", "model.init_args.ignore_index"),
+    ("data.class_names", "model.init_args.class_names"),
     ("data.num_classes", "model.init_args.model.init_args.num_classes"),
-    ("data.num_classes", "model.init_args.model.init_args.box_head.init_args.num_classes"),
-    ("data.num_classes", "model.init_args.model.init_args.mask_head.init_args.num_classes"),
     ("data.num_keypoints", "model.init_args.model.init_args.num_keypoints"),
 ]
 
@@ -47,13 +48,14 @@ class SegCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Add a progress reporter that suits the output (rich bar on a TTY, plain lines otherwise)."""
-        trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
-        callbacks = list(kwargs.get("callbacks") or []) + list(trainer_config.get("callbacks") or [])
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = config["trainer"]
+        callbacks = list(trainer_config.get("callbacks") or []) + list(kwargs.get("callbacks") or [])
         if trainer_config.get("enable_progress_bar", True) is not False and not any(
             isinstance(cb, ProgressBar) for cb in callbacks
         ):
-            extra = kwargs.setdefault("callbacks", [])
-            extra.append(default_progress_bar())
+            callbacks.append(default_progress_bar())
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
 

@@ -21,6 +21,8 @@ class PlainProgress(ProgressBar):
         self._enabled = True
         self._last = 0.0
         self._start = 0.0
+        self._done = 0
+        self._train_done = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -48,23 +50,35 @@ class PlainProgress(ProgressBar):
         self._start = self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tick(trainer, "train", batch_idx + 1, self.total_train_batches)
+        self._train_done = batch_idx + 1
+        self._tick(trainer, "train", self._train_done, self.total_train_batches)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._print(trainer, "train", self.train_batch_idx, self.total_train_batches)
+        self._print(trainer, "train", self._train_done, self.total_train_batches)
 
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+    def _eval_start(self, *args) -> None:
         self._start = self._last = time.monotonic()
+        self._done = 0
+
+    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _eval_start
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._done = batch_idx + 1
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self._print(trainer, "val", self.val_batch_idx, self.total_val_batches)
+            self._print(trainer, "val", self._done, self.total_val_batches)
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._tick(trainer, "predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._done = batch_idx + 1
+        self._tick(trainer, "test", self._done, self.total_test_batches_current_dataloader)
 
     def on_test_end(self, trainer, pl_module) -> None:
-        self._print(trainer, "test", self.test_batch_idx, self.total_test_batches_current_dataloader)
+        self._print(trainer, "test", self._done, self.total_test_batches_current_dataloader)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._done = batch_idx + 1
+        self._tick(trainer, "predict", self._done, self.total_predict_batches_current_dataloader)
 
 
 def default_progress_bar() -> ProgressBar:
