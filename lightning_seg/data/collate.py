@@ -48,12 +48,13 @@ class Collate:
             raise ValueError("cannot collate an empty list of samples")
         sizes = [s.image_size for s in samples]
         ph, pw = self.padded_size(sizes)
-        images = torch.zeros(len(samples), 3, ph, pw, dtype=torch.float32)
+        images = torch.zeros(len(samples), 3, ph, pw, dtype=torch.uint8)
         for i, s in enumerate(samples):
             h, w = s.image_size
             if s.image.dtype != torch.uint8:
                 raise ValueError(f"{s.meta.file_name}: Sample.image must be uint8, got {s.image.dtype}")
-            images[i, :, :h, :w] = s.image.float() / 255.0
+            images[i, :, :h, :w] = s.image
+        images = images.float().div_(255.0)  # one conversion for the whole padded batch
 
         semantic = None
         if all(s.semantic is not None for s in samples):
