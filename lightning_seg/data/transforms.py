@@ -228,7 +228,6 @@ class AlbumentationsTransform:
         return out
 
     def _apply(self, sample: Sample) -> Sample:
-        h, w = sample.image_size
         image = sample.image.permute(1, 2, 0).contiguous().numpy()  # [3, H, W] -> [H, W, 3]
         data: dict = {"image": image}
         inst = sample.instances
