@@ -242,3 +242,21 @@ def test_lvis_federated_lists_and_coco_url(tmp_path):
     mask = ds[0].instances.masks[0].numpy()
     ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[2, 2, 8, 2, 8, 7, 2, 7]], 19, 23)))
     assert np.array_equal(mask, ref.astype(bool))
+
+
+@pytest.mark.parametrize("extra", [0.0, 1 / 3])
+def test_segment_store_keeps_coordinates_exactly(extra):
+    from lightning_seg.data.formats.masks import RLE, SegmentStoreBuilder
+
+    polys = [[[1.25, 2.5, 10.01, 2.5, 10.01 + extra, 7.99, 2.0, 7.0]], [[3.0, 3.0, 9.5, 3.0, 6.0, 9.0]]]
+    builder = SegmentStoreBuilder()
+    for p in polys:
+        assert builder.add(p) is None
+    assert builder.add({"size": [12, 14], "counts": "e03"}) is None
+    store = builder.finish()
+    assert store.coords.dtype == (np.int32 if extra == 0 else np.float64)
+    for i, p in enumerate(polys):
+        assert [q.tolist() for q in store.polygons(i)] == p
+        ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(p, 12, 14)))
+        assert np.array_equal(store.decode([i], 12, 14)[0], ref.astype(bool))
+    assert store.kind[2] == RLE and store.to_rle(2, 12, 14)["counts"] == b"e03"

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from lightning_seg.data.formats import masks as M
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
-from lightning_seg.data.formats.jsonio import load_json_chunked
+from lightning_seg.data.formats.jsonio import DEFAULT_CHUNK_BYTES, load_json_chunked
 from lightning_seg.data.io import DataError
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
@@ -95,7 +95,6 @@ class _AnnotationBuilder:
     path: Path
     with_masks: bool
     with_keypoints: bool
-    per_frame: bool = False  # YouTube-VIS style: "segmentations"/"bboxes" lists per record
     ids: list[np.ndarray] = field(default_factory=list)
     image_ids: list[np.ndarray] = field(default_factory=list)
     category_ids: list[np.ndarray] = field(default_factory=list)
@@ -108,9 +107,9 @@ class _AnnotationBuilder:
     segments: M.SegmentStoreBuilder = field(default_factory=M.SegmentStoreBuilder)
 
     def reset(self) -> None:
-        self.__init__(self.path, self.with_masks, self.with_keypoints, self.per_frame)
+        self.__init__(self.path, self.with_masks, self.with_keypoints)
 
-    def _record(self, rec: object, key: str) -> str:
+    def _record(self, rec: object) -> str:
         if isinstance(rec, dict):
             return f"annotation id={rec.get('id')} (image_id={rec.get('image_id')})"
         return f"annotation record {rec!r:.80}"
@@ -119,7 +118,7 @@ class _AnnotationBuilder:
         for a in anns:
             if not isinstance(a, dict) or not isinstance(a.get(key), int):
                 raise DataError(
-                    f"{self.path}: {self._record(a, key)} has no integer '{key}'. Every "
+                    f"{self.path}: {self._record(a)} has no integer '{key}'. Every "
                     f"annotation needs 'image_id' and 'category_id'; fix or remove the record."
                 )
 
@@ -148,18 +147,15 @@ class _AnnotationBuilder:
             for a, b in zip(anns, boxes):
                 if not (isinstance(b, list) and len(b) == 4):
                     raise DataError(
-                        f"{self.path}: {self._record(a, 'bbox')} has bbox {b!r:.80}; a COCO "
+                        f"{self.path}: {self._record(a)} has bbox {b!r:.80}; a COCO "
                         f"bbox is [x, y, width, height] in pixels. Fix or remove the record."
                     ) from None
             raise
         self.bboxes.append(arr)
         if self.with_masks:
-            seg_add = self.segments.add
             base = self.count
-            for j, a in enumerate(anns):
-                problem = seg_add(a.get("segmentation"))
-                if problem is not None:
-                    self.problems.append((base + j, problem))
+            problems = self.segments.add_many([a.get("segmentation") for a in anns])
+            self.problems.extend((base + j, problem) for j, problem in problems)
         if self.with_keypoints:
             kps = [a.get("keypoints") or [] for a in anns]
             lengths = np.fromiter((len(k) for k in kps), np.int64, n)
@@ -189,7 +185,8 @@ class CocoIndex:
     Attributes:
         source: the annotation file.
         image_ids: ``int64[I]`` COCO image ids, file order.
-        file_names: ``I`` image paths relative to the image folder.
+        file_names: ``str[I]`` (NumPy unicode array, no per-image Python object to be
+            copied into each DataLoader worker) image paths relative to the image folder.
         heights / widths: ``int32[I]`` sizes written in the JSON.
         image_ann_offsets: ``int64[I + 1]``: annotations of image ``r`` are rows
             ``image_ann_offsets[r]:image_ann_offsets[r + 1]`` of the ``ann_*`` arrays.
@@ -209,7 +206,7 @@ class CocoIndex:
 
     source: Path
     image_ids: np.ndarray
-    file_names: list[str]
+    file_names: np.ndarray
     heights: np.ndarray
     widths: np.ndarray
     image_ann_offsets: np.ndarray
@@ -249,7 +246,7 @@ class CocoIndex:
         with_keypoints: bool = False,
         image_list_fields: tuple[str, ...] = (),
         file_name_of: Callable[[dict], str] | None = None,
-        chunk_bytes: int = 16 << 20,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> CocoIndex:
         """Parse ``ann_file`` into a compact index (see the module docstring for bad input)."""
         path = Path(ann_file)
@@ -282,7 +279,7 @@ class CocoIndex:
             raise
         if file_name_of is None:
             file_name_of = _coco_file_name(path)
-        file_names = [file_name_of(im) for im in images]
+        file_names = np.array([file_name_of(im) for im in images], dtype=str)
         lists = {}
         for name in image_list_fields:
             lists[name] = _ragged([im.get(name) or [] for im in images])
@@ -495,7 +492,7 @@ class CocoInstanceDataset(Dataset):
         with_keypoints: bool = False,
         drop_empty: bool = False,
         keypoint_sigmas: list[float] | None = None,
-        chunk_bytes: int = 16 << 20,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.with_masks = with_masks
@@ -515,7 +512,7 @@ class CocoInstanceDataset(Dataset):
         return len(self.rows)
 
     def image_path(self, i: int) -> Path:
-        return self.image_dir / self.index.file_names[int(self.rows[i])]
+        return self.image_dir / str(self.index.file_names[int(self.rows[i])])
 
     def annotation_ids(self, i: int) -> np.ndarray:
         """``int64[N]`` COCO annotation ids of the instances of item ``i`` (before
@@ -525,7 +522,7 @@ class CocoInstanceDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         idx = self.index
         row = int(self.rows[i])
-        path = self.image_dir / idx.file_names[row]
+        path = self.image_dir / str(idx.file_names[row])
         image = load_rgb(path, self.skips)
         h, w = int(idx.heights[row]), int(idx.widths[row])
         if image.shape[:2] != (h, w):

@@ -26,6 +26,7 @@ import orjson
 
 from lightning_seg.data.io import DataError
 
+DEFAULT_CHUNK_BYTES = 4 << 20  # ~25 MB of Python objects per slice
 _WS = re.compile(rb"\s*")
 _FIRST_KEY = re.compile(rb'\{\s*("(?:[^"\\]|\\.)*")')
 _ARRAY_END = re.compile(rb"\}\s*\]")
@@ -72,7 +73,7 @@ def load_json_chunked(
     path: str | os.PathLike,
     array_key: str,
     consume: Callable[[list], None],
-    chunk_bytes: int = 16 << 20,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     reset: Callable[[], None] | None = None,
 ) -> dict:
     """Parse ``path`` handing the top-level array ``array_key`` to ``consume`` in slices.
@@ -136,8 +137,11 @@ def _chunked(mm: mmap.mmap, key: str, consume: Callable[[list], None], chunk_byt
             if m_sep is not None:
                 end = m_sep.start() + 1
                 items = _parse_slice(mm, pos, end)
+                if items is None:
+                    raise _Fallback
                 consume(items)
                 del items
+                _release(mm, end)
                 pos = _WS.match(mm, end).end() + 1  # skip the ","
                 pos = _WS.match(mm, pos).end()
                 continue
@@ -145,9 +149,8 @@ def _chunked(mm: mmap.mmap, key: str, consume: Callable[[list], None], chunk_byt
             for tries, m_end in enumerate(_ARRAY_END.finditer(mm, pos)):
                 if tries >= 16:
                     raise _Fallback
-                try:
-                    items = orjson.loads(b"[" + mm[pos : m_end.start() + 1] + b"]")
-                except orjson.JSONDecodeError:
+                items = _parse_slice(mm, pos, m_end.start() + 1)
+                if items is None:
                     continue
                 consume(items)
                 del items
@@ -162,11 +165,27 @@ def _chunked(mm: mmap.mmap, key: str, consume: Callable[[list], None], chunk_byt
     return rest
 
 
-def _parse_slice(mm: mmap.mmap, start: int, end: int) -> list:
+def _parse_slice(mm: mmap.mmap, start: int, end: int) -> list | None:
+    """``mm[start:end]`` parsed as the items of an array, or None when that is not valid JSON.
+
+    The bytes are copied once, straight from the map into ``[`` ... ``]``.
+    """
+    buf = bytearray(end - start + 2)
+    buf[0], buf[-1] = ord("["), ord("]")
+    with memoryview(mm) as view:
+        buf[1:-1] = view[start:end]
     try:
-        items = orjson.loads(b"[" + mm[start:end] + b"]")
+        items = orjson.loads(buf)
     except orjson.JSONDecodeError:
-        raise _Fallback from None
-    if not isinstance(items, list):
-        raise _Fallback
-    return items
+        return None
+    return items if isinstance(items, list) else None
+
+
+def _release(mm: mmap.mmap, end: int) -> None:
+    """Drop the already parsed pages of the map from this process's RSS (Linux)."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    length = end - end % mmap.PAGESIZE
+    if length > 0:
+        mm.madvise(advice, 0, length)

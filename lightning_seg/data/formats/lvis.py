@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_seg.data.formats.coco import CocoIndex, CocoInstanceDataset
+from lightning_seg.data.formats.jsonio import DEFAULT_CHUNK_BYTES
 from lightning_seg.data.io import DataError
 
 FEDERATED_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids")
@@ -43,7 +44,7 @@ class LvisDataset(CocoInstanceDataset):
         ann_file: str | os.PathLike,
         with_masks: bool = True,
         drop_empty: bool = False,
-        chunk_bytes: int = 16 << 20,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self._image_root = Path(image_dir)
         super().__init__(

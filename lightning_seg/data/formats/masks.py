@@ -14,12 +14,14 @@ Segment kinds:
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
 import pycocotools.mask as mask_utils
 
 NONE, POLYGON, RLE, RLE_UNCOMPRESSED = 0, 1, 2, 3
+COORD_SCALE = 100.0  # polygon coordinates are stored as int32 hundredths when lossless
 KIND_NAMES = {NONE: "none", POLYGON: "polygon", RLE: "rle", RLE_UNCOMPRESSED: "uncompressed rle"}
 
 # Problems ``SegmentStoreBuilder.add`` reports (the caller turns them into skips / fixes).
@@ -45,7 +47,10 @@ class SegmentStore:
         rle_size: ``int32[S, 2]`` ``(h, w)`` written in an RLE (0 for polygons).
         poly_group_offsets: ``int64[G + 1]`` first polygon of each polygon group.
         poly_offsets: ``int64[P + 1]`` first coordinate of each polygon in ``coords``.
-        coords: ``float64[M]`` all polygon coordinates ``x1, y1, x2, y2, ...``.
+        coords: ``[M]`` all polygon coordinates ``x1, y1, x2, y2, ...``: ``float64``, or
+            ``int32`` hundredths when every coordinate of the file is exactly such a value
+            (COCO writes 2 decimals): ``coords / COORD_SCALE`` gives back the very same
+            float64 values, at half the memory.
         rle_chars: ``uint8[Mc]`` all compressed RLE strings, back to back.
         rle_char_offsets: ``int64[R + 1]``.
         rle_counts: ``uint32[Mu]`` all uncompressed RLE counts, back to back.
@@ -77,7 +82,11 @@ class SegmentStore:
         g = self.ref[i]
         p0, p1 = self.poly_group_offsets[g], self.poly_group_offsets[g + 1]
         offs = self.poly_offsets[p0 : p1 + 1]
-        return [self.coords[offs[j] : offs[j + 1]] for j in range(len(offs) - 1)]
+        coords = self.coords[offs[0] : offs[-1]]
+        if coords.dtype != np.float64:
+            coords = coords / COORD_SCALE  # exact: checked when the store was built
+        offs = offs - offs[0]
+        return [coords[offs[j] : offs[j + 1]] for j in range(len(offs) - 1)]
 
     def to_rle(self, i: int, height: int, width: int) -> dict | None:
         """Segment ``i`` as one compressed pycocotools RLE (polygons rasterised at ``h x w``).
@@ -136,111 +145,150 @@ class SegmentStore:
 class SegmentStoreBuilder:
     """Accumulates segmentations while a JSON file is parsed, then packs a ``SegmentStore``.
 
-    Coordinates are buffered in a small Python list and flushed to NumPy every ~1M values,
-    so no per-annotation Python object outlives the parsed chunk it came from.
+    Everything goes into compact buffers (``bytearray``, ``array.array``); polygon
+    coordinates are buffered in a Python list and flushed to NumPy every ~1M values, so no
+    per-annotation Python object outlives the parsed slice it came from.
     """
 
     _FLUSH = 1 << 20
 
     def __init__(self) -> None:
-        self._kind: list[int] = []
-        self._ref: list[int] = []
-        self._size: list[tuple[int, int]] = []
-        self._group_len: list[int] = []
-        self._poly_len: list[int] = []
+        self._kind = bytearray()  # one byte per segment
+        self._rle_size = array("i")  # h, w of each RLE segment (both RLE kinds, file order)
+        self._group_len = array("I")  # polygons per polygon segment
+        self._poly_len = array("I")  # coordinates per polygon
         self._coords: list[float] = []
         self._coord_chunks: list[np.ndarray] = []
-        self._chars: list[bytes] = []
-        self._counts: list[np.ndarray] = []
+        self._chars = bytearray()  # compressed RLE strings back to back
+        self._char_len = array("q")
+        self._counts = array("I")  # uncompressed RLE counts back to back
+        self._count_len = array("q")
 
     def add(self, seg: object) -> str | None:
         """Store one segmentation; returns a problem string (``BAD_*``/``NO_*``) or None.
 
-        A polygon part with fewer than 3 points is dropped (pycocotools would read a
-        4-number part as a box); when no part is left the segment is stored as ``NONE``
-        and ``NO_VALID_POLYGON`` is returned.
+        A polygon part with fewer than 3 points (or an odd number of coordinates) is dropped
+        (pycocotools would read a 4-number part as a box); when no part is left the segment
+        is stored as ``NONE`` and ``NO_VALID_POLYGON`` is returned.
         """
+        problems = self.add_many([seg])
+        return problems[0][1] if problems else None
+
+    def add_many(self, segs: list) -> list[tuple[int, str]]:
+        """Store segmentations in order; returns ``(position in segs, problem)`` pairs."""
+        problems = []
         kind = self._kind
-        if seg is None or (isinstance(seg, list) and not seg):
-            kind.append(NONE)
-            self._ref.append(-1)
-            self._size.append((0, 0))
-            return None
-        if isinstance(seg, list):
-            problem = None
-            num = 0
-            coords = self._coords
-            for part in seg:
-                if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
-                    problem = BAD_POLYGON_PART
-                    continue
-                coords.extend(part)
-                self._poly_len.append(len(part))
-                num += 1
-            if num == 0:
+        coords = self._coords
+        poly_len = self._poly_len
+        group_len = self._group_len
+        for j, seg in enumerate(segs):
+            if type(seg) is list and seg:
+                num = 0
+                bad = False
+                for part in seg:
+                    n = len(part) if type(part) is list else 0
+                    if n < 6 or n & 1:
+                        bad = True
+                        continue
+                    coords.extend(part)
+                    poly_len.append(n)
+                    num += 1
+                if num:
+                    kind.append(POLYGON)
+                    group_len.append(num)
+                    if bad:
+                        problems.append((j, BAD_POLYGON_PART))
+                else:
+                    kind.append(NONE)
+                    problems.append((j, NO_VALID_POLYGON))
+            elif seg is None or seg == []:
                 kind.append(NONE)
-                self._ref.append(-1)
-                self._size.append((0, 0))
-                return NO_VALID_POLYGON
-            kind.append(POLYGON)
-            self._ref.append(len(self._group_len))
-            self._size.append((0, 0))
-            self._group_len.append(num)
-            if len(coords) > self._FLUSH:
-                self._flush()
-            return problem
-        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-            counts = seg["counts"]
-            try:
-                h, w = (int(v) for v in seg["size"])
-            except (TypeError, ValueError):
-                return self._bad()
+            else:
+                problem = self._add_rle(seg)
+                if problem is not None:
+                    problems.append((j, problem))
+        if len(coords) > self._FLUSH:
+            self._flush()
+        return problems
+
+    def _add_rle(self, seg: object) -> str | None:
+        if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
+            self._kind.append(NONE)
+            return BAD_SEGMENTATION
+        counts = seg["counts"]
+        try:
+            h, w = (int(v) for v in seg["size"])
             if isinstance(counts, str):
                 counts = counts.encode("ascii")
             if isinstance(counts, bytes):
-                kind.append(RLE)
-                self._ref.append(len(self._chars))
-                self._chars.append(counts)
+                self._chars += counts
+                self._char_len.append(len(counts))
+                self._kind.append(RLE)
             elif isinstance(counts, list):
-                kind.append(RLE_UNCOMPRESSED)
-                self._ref.append(len(self._counts))
-                self._counts.append(np.asarray(counts, dtype=np.uint32))
+                self._counts.extend(counts)
+                self._count_len.append(len(counts))
+                self._kind.append(RLE_UNCOMPRESSED)
             else:
-                return self._bad()
-            self._size.append((h, w))
-            return None
-        return self._bad()
-
-    def _bad(self) -> str:
-        self._kind.append(NONE)
-        self._ref.append(-1)
-        self._size.append((0, 0))
-        return BAD_SEGMENTATION
+                raise TypeError
+        except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+            self._kind.append(NONE)
+            return BAD_SEGMENTATION
+        self._rle_size.extend((h, w))
+        return None
 
     def _flush(self) -> None:
         if self._coords:
-            self._coord_chunks.append(np.array(self._coords, dtype=np.float64))
+            exact = np.array(self._coords, dtype=np.float64)
             self._coords = []
+            hundredths = np.round(exact * COORD_SCALE)
+            if (
+                np.abs(hundredths).max() < 2**31
+                and np.array_equal(hundredths / COORD_SCALE, exact)
+            ):
+                self._coord_chunks.append(hundredths.astype(np.int32))
+            else:
+                self._coord_chunks.append(exact)
+
+    def _pack_coords(self) -> np.ndarray:
+        """Concatenate the coordinate chunks, freeing each once copied (peak: total + 1)."""
+        chunks = self._coord_chunks
+        self._coord_chunks = []
+        quantised = all(c.dtype == np.int32 for c in chunks)
+        out = np.empty(sum(len(c) for c in chunks), dtype=np.int32 if quantised else np.float64)
+        pos = 0
+        chunks.reverse()
+        while chunks:
+            c = chunks.pop()
+            if not quantised and c.dtype == np.int32:
+                c = c / COORD_SCALE
+            out[pos : pos + len(c)] = c
+            pos += len(c)
+            del c
+        return out
 
     def finish(self) -> SegmentStore:
+        """Pack the buffers (and reset the builder)."""
         self._flush()
-        coords = (
-            np.concatenate(self._coord_chunks) if self._coord_chunks else np.zeros(0, np.float64)
-        )
-        group_len = np.asarray(self._group_len, dtype=np.int64)
-        chars = b"".join(self._chars)
-        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.uint32)
+        coords = self._pack_coords()
+        kind = np.frombuffer(bytes(self._kind), dtype=np.uint8).copy()
+        ref = np.full(len(kind), -1, dtype=np.int64)
+        for k in (POLYGON, RLE, RLE_UNCOMPRESSED):
+            rows = np.flatnonzero(kind == k)
+            ref[rows] = np.arange(len(rows))
+        rle_size = np.zeros((len(kind), 2), dtype=np.int32)
+        is_rle = (kind == RLE) | (kind == RLE_UNCOMPRESSED)
+        rle_size[is_rle] = np.frombuffer(self._rle_size, dtype=np.int32).reshape(-1, 2)
         store = SegmentStore(
-            kind=np.asarray(self._kind, dtype=np.uint8),
-            ref=np.asarray(self._ref, dtype=np.int64),
-            rle_size=np.asarray(self._size, dtype=np.int32).reshape(-1, 2),
-            poly_group_offsets=_offsets(group_len),
-            poly_offsets=_offsets(self._poly_len),
+            kind=kind,
+            ref=ref,
+            rle_size=rle_size,
+            poly_group_offsets=_offsets(np.frombuffer(self._group_len, dtype=np.uint32)),
+            poly_offsets=_offsets(np.frombuffer(self._poly_len, dtype=np.uint32)),
             coords=coords,
-            rle_chars=np.frombuffer(chars, dtype=np.uint8).copy(),
-            rle_char_offsets=_offsets([len(c) for c in self._chars]),
-            rle_counts=counts,
-            rle_count_offsets=_offsets([len(c) for c in self._counts]),
+            rle_chars=np.frombuffer(bytes(self._chars), dtype=np.uint8).copy(),
+            rle_char_offsets=_offsets(np.frombuffer(self._char_len, dtype=np.int64)),
+            rle_counts=np.frombuffer(self._counts, dtype=np.uint32).copy(),
+            rle_count_offsets=_offsets(np.frombuffer(self._count_len, dtype=np.int64)),
         )
         self.__init__()  # release the buffers
         return store
