@@ -96,8 +96,16 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return replace(
             self,
-            images=self.images.to(device),
+            images=self.images.to(device, non_blocking=True),
             instances=None if self.instances is None else [t.to(device) for t in self.instances],
-            semantic=None if self.semantic is None else self.semantic.to(device),
+            semantic=None if self.semantic is None else self.semantic.to(device, non_blocking=True),
             panoptic=None if self.panoptic is None else [t.to(device) for t in self.panoptic],
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy of the dense tensors (the DataLoader calls it with ``pin_memory=True``)."""
+        return replace(
+            self,
+            images=self.images.pin_memory(),
+            semantic=None if self.semantic is None else self.semantic.pin_memory(),
         )
