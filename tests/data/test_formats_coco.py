@@ -260,3 +260,20 @@ def test_segment_store_keeps_coordinates_exactly(extra):
         ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(p, 12, 14)))
         assert np.array_equal(store.decode([i], 12, 14)[0], ref.astype(bool))
     assert store.kind[2] == RLE and store.to_rle(2, 12, 14)["counts"] == b"e03"
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_chunked_parse_pretty_printed_and_reordered(tmp_path, indent):
+    anns = [{"segmentation": [[1, 1, 5, 1, 5, 5]], "id": k, "image_id": 1, "category_id": 1,
+             "bbox": [1, 1, 4, 4]} for k in range(1, 8)]
+    doc = {"annotations": anns, "categories": [{"id": 1, "name": "a"}],
+           "images": [{"id": 1, "file_name": "x.png", "height": 9, "width": 9}]}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(doc, indent=indent).replace("\n", "\r\n"))
+    slices, resets = [], []
+    top = load_json_chunked(path, "annotations", slices.append, chunk_bytes=1,
+                            reset=lambda: resets.append(1))
+    assert len(slices) == 7 and not resets
+    assert [a for s in slices for a in s] == anns and top["images"] == doc["images"]
+    index = CocoIndex.build(path, chunk_bytes=1)
+    assert index.ann_ids.tolist() == list(range(1, 8))
