@@ -213,3 +213,12 @@ def test_missing_file_in_list_errors_at_construction(tmp_path):
     (tmp_path / "train.txt").write_text("train/x.png\n")
     with pytest.raises(DataError, match=r"train\.txt:1: expected 2 path"):
         camvid_dataset(tmp_path, "train")
+
+
+def test_many_skips_are_counted_with_few_examples(tmp_path):
+    anns = [_ann(k, bbox=[-5, -5, 10, 10]) for k in range(1, 11)]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.fixed["box outside the image clipped"] == 10
+    assert len(ds.skips.examples["box outside the image clipped"]) == ds.skips.max_examples
+    assert "repaired 10 x box outside the image clipped" in ds.skips.summary()

@@ -244,17 +244,21 @@ def test_lvis_federated_lists_and_coco_url(tmp_path):
     assert np.array_equal(mask, ref.astype(bool))
 
 
-@pytest.mark.parametrize("extra", [0.0, 1 / 3])
-def test_segment_store_keeps_coordinates_exactly(extra):
+@pytest.mark.parametrize(
+    ("extra", "dtype"), [(0.0, np.uint16), (-7.0, np.int32), (1 / 3, np.float64)]
+)
+def test_segment_store_keeps_coordinates_exactly(extra, dtype):
     from lightning_seg.data.formats.masks import RLE, SegmentStoreBuilder
 
-    polys = [[[1.25, 2.5, 10.01, 2.5, 10.01 + extra, 7.99, 2.0, 7.0]], [[3.0, 3.0, 9.5, 3.0, 6.0, 9.0]]]
+    polys = [[[1.25, 2.5, 10.01, 2.5, 10.01, 7.99, 2.0, 7.0]],
+             [[3.0, 3.0, 9.5, 3.0, 6.0 + extra, 9.0]]]
     builder = SegmentStoreBuilder()
+    builder._FLUSH = 4  # one coordinate chunk per polygon: chunks of different dtypes mix
     for p in polys:
         assert builder.add(p) is None
     assert builder.add({"size": [12, 14], "counts": "e03"}) is None
     store = builder.finish()
-    assert store.coords.dtype == (np.int32 if extra == 0 else np.float64)
+    assert store.coords.dtype == dtype
     for i, p in enumerate(polys):
         assert [q.tolist() for q in store.polygons(i)] == p
         ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(p, 12, 14)))

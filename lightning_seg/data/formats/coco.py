@@ -41,7 +41,7 @@ keypoints of the wrong length              index time: ``DataError``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,25 @@ COCO_PERSON_KEYPOINT_NAMES = [
 ]  # fmt: skip
 
 CLIP_EPS = 1e-3  # boxes overshooting the image by less than this are clipped silently
+
+
+def count_records(
+    skips: SkipReport,
+    reason: str,
+    indices: Sequence[int] | np.ndarray,
+    describe: Callable[[int], str],
+    fixed: bool = False,
+) -> None:
+    """Count ``len(indices)`` skipped (or repaired) records, describing only the examples
+    the report keeps (a COCO-scale file may have thousands of clipped boxes)."""
+    n = len(indices)
+    if n == 0:
+        return
+    record = skips.fix if fixed else skips.skip
+    shown = min(n, skips.max_examples)
+    for j in indices[:shown]:
+        record(reason, describe(int(j)))
+    (skips.fixed if fixed else skips.skipped)[reason] += n - shown
 
 
 def keypoint_flip_map(names: list[str]) -> list[tuple[int, int]]:
@@ -301,8 +320,7 @@ class CocoIndex:
             return f"annotation id={ann['ids'][j]} (image_id={ann['image_ids'][j]})"
 
         def drop(where: np.ndarray, reason: str) -> None:
-            for j in np.flatnonzero(where & keep):
-                skips.skip(reason, describe(j))
+            count_records(skips, reason, np.flatnonzero(where & keep), describe)
             keep[where] = False
 
         # image rows
@@ -331,9 +349,8 @@ class CocoIndex:
         # segmentation problems found while parsing
         segments = builder.segments.finish()
         seg_rows = np.arange(num, dtype=np.int64) if with_masks else np.full(num, -1, np.int64)
-        for j, problem in builder.problems:
-            if problem == M.BAD_POLYGON_PART:
-                skips.fix(problem, describe(j))
+        part_fixed = [j for j, p in builder.problems if p == M.BAD_POLYGON_PART]
+        count_records(skips, M.BAD_POLYGON_PART, part_fixed, describe, fixed=True)
         for problem in (M.NO_VALID_POLYGON, M.BAD_SEGMENTATION):
             where = np.zeros(num, dtype=bool)
             where[[j for j, p in builder.problems if p == problem]] = True
@@ -369,8 +386,9 @@ class CocoIndex:
         limit = np.stack([widths[rows], heights[rows], widths[rows], heights[rows]], axis=1)
         clipped = np.clip(xyxy, 0, limit)
         moved = (np.abs(clipped - xyxy) > CLIP_EPS).any(axis=1) & keep
-        for j in np.flatnonzero(moved):
-            skips.fix("box outside the image clipped", describe(j))
+        count_records(
+            skips, "box outside the image clipped", np.flatnonzero(moved), describe, fixed=True
+        )
         drop((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]), "zero-area box")
         drop(ann["areas"] <= 0, "zero-area mask (area == 0)")
 

@@ -21,7 +21,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 NONE, POLYGON, RLE, RLE_UNCOMPRESSED = 0, 1, 2, 3
-COORD_SCALE = 100.0  # polygon coordinates are stored as int32 hundredths when lossless
+COORD_SCALE = 100.0  # polygon coordinates are stored as integer hundredths when lossless
 KIND_NAMES = {NONE: "none", POLYGON: "polygon", RLE: "rle", RLE_UNCOMPRESSED: "uncompressed rle"}
 
 # Problems ``SegmentStoreBuilder.add`` reports (the caller turns them into skips / fixes).
@@ -48,9 +48,10 @@ class SegmentStore:
         poly_group_offsets: ``int64[G + 1]`` first polygon of each polygon group.
         poly_offsets: ``int64[P + 1]`` first coordinate of each polygon in ``coords``.
         coords: ``[M]`` all polygon coordinates ``x1, y1, x2, y2, ...``: ``float64``, or
-            ``int32`` hundredths when every coordinate of the file is exactly such a value
-            (COCO writes 2 decimals): ``coords / COORD_SCALE`` gives back the very same
-            float64 values, at half the memory.
+            hundredths (``uint16`` when all lie in ``[0, 655.35]``, else ``int32``) when
+            every coordinate of the file is exactly such a value (COCO writes 2 decimals):
+            ``coords / COORD_SCALE`` gives back the very same float64 values, at a quarter
+            (half) of the memory.
         rle_chars: ``uint8[Mc]`` all compressed RLE strings, back to back.
         rle_char_offsets: ``int64[R + 1]``.
         rle_counts: ``uint32[Mu]`` all uncompressed RLE counts, back to back.
@@ -241,25 +242,25 @@ class SegmentStoreBuilder:
             exact = np.array(self._coords, dtype=np.float64)
             self._coords = []
             hundredths = np.round(exact * COORD_SCALE)
-            if (
-                np.abs(hundredths).max() < 2**31
-                and np.array_equal(hundredths / COORD_SCALE, exact)
-            ):
-                self._coord_chunks.append(hundredths.astype(np.int32))
-            else:
+            lo, hi = hundredths.min(), hundredths.max()
+            if not np.array_equal(hundredths / COORD_SCALE, exact) or max(-lo, hi) >= 2**31:
                 self._coord_chunks.append(exact)
+            elif lo >= 0 and hi < 2**16:  # images up to 655 px (all of COCO): 2 bytes
+                self._coord_chunks.append(hundredths.astype(np.uint16))
+            else:
+                self._coord_chunks.append(hundredths.astype(np.int32))
 
     def _pack_coords(self) -> np.ndarray:
         """Concatenate the coordinate chunks, freeing each once copied (peak: total + 1)."""
         chunks = self._coord_chunks
         self._coord_chunks = []
-        quantised = all(c.dtype == np.int32 for c in chunks)
-        out = np.empty(sum(len(c) for c in chunks), dtype=np.int32 if quantised else np.float64)
+        dtype = np.result_type(np.uint16, *(c.dtype for c in chunks))
+        out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
         pos = 0
         chunks.reverse()
         while chunks:
             c = chunks.pop()
-            if not quantised and c.dtype == np.int32:
+            if dtype == np.float64 and c.dtype != np.float64:
                 c = c / COORD_SCALE
             out[pos : pos + len(c)] = c
             pos += len(c)

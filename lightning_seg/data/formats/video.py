@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_seg.data.formats import masks as M
-from lightning_seg.data.formats.coco import CLIP_EPS, coco_dataset_info
+from lightning_seg.data.formats.coco import CLIP_EPS, coco_dataset_info, count_records
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import load_json
 from lightning_seg.data.io import DataError, read_label_map
@@ -255,11 +255,19 @@ class YouTubeVISDataset(Dataset):
         xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
         limit = np.concatenate([hw[:, ::-1], hw[:, ::-1]], axis=1).astype(np.float64)
         clipped = np.clip(xyxy, 0, limit)
-        for j in np.flatnonzero((np.abs(clipped - xyxy) > CLIP_EPS).any(axis=1) & keep):
-            self.skips.fix("box outside the image clipped", f"track id={track_of[j]}")
+        def describe(j: int) -> str:
+            video = video_of[j]
+            return (
+                f"track id={track_of[j]} frame {frame_of[j] - self.video_offsets[video]} of "
+                f"video id={self.video_ids[video]}"
+            )
+
+        moved = (np.abs(clipped - xyxy) > CLIP_EPS).any(axis=1) & keep
+        count_records(
+            self.skips, "box outside the image clipped", np.flatnonzero(moved), describe, fixed=True
+        )
         empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-        for j in np.flatnonzero(empty & keep):
-            self.skips.skip("zero-area box", f"track id={track_of[j]}")
+        count_records(self.skips, "zero-area box", np.flatnonzero(empty & keep), describe)
         keep &= ~empty
         kept = np.flatnonzero(keep)
         kept = kept[np.argsort(frame_of[kept], kind="stable")]
