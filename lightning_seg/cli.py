@@ -26,16 +26,14 @@ from lightning_seg.callbacks.progress import default_progress_bar
 
 DEFAULT_CONFIG = os.path.join("experiments", "defaults.yaml")
 
-# (DataModule attribute, task/network argument) pairs. A link whose last key does not exist on
-# the chosen class is skipped, so one table serves every task and network; networks therefore
+# (DataModule attribute, task/network argument) pairs. Every target must exist on every task
+# and network (jsonargparse keeps an unknown link target as an extra kwarg in the saved
+# hyperparameters, which then fails to load): tasks take ``num_classes`` and ``info``, networks
 # take ``num_classes`` at their top level (builder classes wrap part-built detectors).
 DATA_LINKS: list[tuple[str, str]] = [
     ("data.num_classes", "model.init_args.num_classes"),
     ("data.info", "model.init_args.info"),
-    ("data.ignore_index", "model.init_args.ignore_index"),
-    ("data.class_names", "model.init_args.class_names"),
     ("data.num_classes", "model.init_args.model.init_args.num_classes"),
-    ("data.num_keypoints", "model.init_args.model.init_args.num_keypoints"),
 ]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class DatasetInfo:
@@ -98,3 +100,8 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+# Checkpoints keep the DatasetInfo a task was built with (hyperparameters): allow it in
+# ``torch.load(weights_only=True)``, which Lightning uses to resume and load checkpoints.
+torch.serialization.add_safe_globals([DatasetInfo])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from lightning_seg.structures import Batch, default_palette
+from lightning_seg.structures import Batch, DatasetInfo, default_palette
 from lightning_seg.tasks.base import BaseTask, LRSchedulerCallable, OptimizerCallable, default_optimizer
 from lightning_seg.visualize import hstack, overlay_labels, to_numpy, to_uint8_image
 
@@ -26,10 +26,12 @@ class SemanticSegmentationTask(BaseTask):
     Args:
         model: the segmentation network (FCN, U-Net, DeepLab...).
         num_classes: number of classes K (linked from the DataModule).
-        ignore_index: label of void pixels (linked from the DataModule).
-        class_names: names for per-class logging (linked from the DataModule).
+        info: dataset facts (linked from the DataModule): default ignore index, class names
+            and palette.
+        ignore_index: label of void pixels; None takes ``info.ignore_index`` (else 255).
+        class_names: names for per-class logging; None takes ``info.class_names``.
         class_weights: optional per-class cross-entropy weights (e.g. median-frequency balancing).
-        palette: RGB colour per class for overlays (default: deterministic palette).
+        palette: RGB colour per class for overlays; None takes ``info.palette``.
         optimizer: optimizer callable.
         scheduler: LR scheduler callable.
         scheduler_interval: ``"epoch"`` or ``"step"``.
@@ -39,7 +41,8 @@ class SemanticSegmentationTask(BaseTask):
         self,
         model: nn.Module,
         num_classes: int,
-        ignore_index: int = 255,
+        info: DatasetInfo | None = None,
+        ignore_index: int | None = None,
         class_names: list[str] | None = None,
         class_weights: list[float] | None = None,
         palette: list[tuple[int, int, int]] | None = None,
@@ -53,11 +56,15 @@ class SemanticSegmentationTask(BaseTask):
 
         self.model = model
         self.num_classes = num_classes
+        if info is not None and info.num_classes != num_classes:
+            raise ValueError(f"info has {info.num_classes} classes, num_classes is {num_classes}")
+        if ignore_index is None:
+            ignore_index = info.ignore_index if info is not None else 255
         self.ignore_index = ignore_index
-        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.class_names = class_names or (info.class_names if info else [str(i) for i in range(num_classes)])
         if len(self.class_names) != num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for {num_classes} classes")
-        self.palette = palette or default_palette(num_classes)
+        self.palette = palette or (info.palette if info else default_palette(num_classes))
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
@@ -119,6 +126,7 @@ class SemanticSegmentationTask(BaseTask):
         result = metric.compute()
         metric.reset()
         self.log(f"{stage}/mIoU", result["mIoU"], prog_bar=True)
+        self.log(f"{stage}/score", result["mIoU"])
         self.log(f"{stage}/pixel_acc", result["pixel_acc"])
         self.log(f"{stage}/fwIoU", result["fwIoU"])
         for name, iou in zip(self.class_names, result["IoU"].tolist()):
