@@ -8,7 +8,8 @@ image fields), then indexes it in two fresh subprocesses so that memory is measu
 - reference: ``pycocotools.coco.COCO(ann_file)`` (``json.load`` + ``createIndex``).
 
 Memory is the process's peak RSS while indexing (``VmHWM`` after resetting it through
-``/proc/self/clear_refs``; ``ru_maxrss`` elsewhere) minus its RSS just before indexing (after imports; our package imports torch, pycocotools does not), i.e. what indexing costs.
+``/proc/self/clear_refs``; ``ru_maxrss`` elsewhere) minus its RSS just before indexing (after
+imports: our package imports torch, pycocotools does not), i.e. what indexing costs.
 The last line printed is one JSON object: ``index_s``, ``pycocotools_s``, ``time_ratio``
 (ours / pycocotools), ``rss_mb``, ``pycocotools_rss_mb``, ``rss_ratio`` (goal <= 1.0 each),
 plus sizes and ``gc_dicts_after`` (dicts still alive after our index is built: none may be

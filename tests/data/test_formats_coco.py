@@ -240,7 +240,8 @@ def test_lvis_federated_lists_and_coco_url(tmp_path):
     assert ds.neg_category_ids(1).tolist() == []
     assert ds.category_frequency == ["c", "r", "f"]
     mask = ds[0].instances.masks[0].numpy()
-    ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[2, 2, 8, 2, 8, 7, 2, 7]], 19, 23)))
+    polygon = [[2, 2, 8, 2, 8, 7, 2, 7]]
+    ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, 19, 23)))
     assert np.array_equal(mask, ref.astype(bool))
 
 

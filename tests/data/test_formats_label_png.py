@@ -69,7 +69,8 @@ def test_label_png_dataset_without_lut(tmp_path):
     Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.array([[0, 1, 2, 255, 1, 0, 2]] * 5, np.uint8)).save(tmp_path / "a_l.png")
     info = DatasetInfo(class_names=["a", "b", "c"])
-    ds = LabelPngDataset([(tmp_path / "a.png", tmp_path / "a_l.png"), (tmp_path / "a.png", None)], info)
+    pairs = [(tmp_path / "a.png", tmp_path / "a_l.png"), (tmp_path / "a.png", None)]
+    ds = LabelPngDataset(pairs, info)
     assert ds[0].semantic[0].tolist() == [0, 1, 2, 255, 1, 0, 2]
     assert ds[1].semantic is None
 
@@ -90,7 +91,8 @@ def _cityscapes(tmp_path):
     img_dir.mkdir(parents=True)
     gt_dir.mkdir(parents=True)
     h, w = 9, 13
-    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(img_dir / "ulm_000000_000019_leftImg8bit.png")
+    stem = "ulm_000000_000019"
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(img_dir / f"{stem}_leftImg8bit.png")
     label_ids = np.full((h, w), 7, np.uint8)  # road
     label_ids[0] = 23  # sky
     label_ids[1] = 4  # static -> ignore
@@ -101,8 +103,8 @@ def _cityscapes(tmp_path):
     inst[7:9, 4:6] = 24  # a group of persons (crowd)
     inst[7:9, 8:10] = 29005  # caravan: instances but no trainId -> left out
     label_ids = np.where(inst >= 1000, inst // 1000, inst).astype(np.uint8)
-    Image.fromarray(label_ids).save(gt_dir / "ulm_000000_000019_gtFine_labelIds.png")
-    Image.fromarray(inst.astype(np.uint16)).save(gt_dir / "ulm_000000_000019_gtFine_instanceIds.png")
+    Image.fromarray(label_ids).save(gt_dir / f"{stem}_gtFine_labelIds.png")
+    Image.fromarray(inst.astype(np.uint16)).save(gt_dir / f"{stem}_gtFine_instanceIds.png")
     return root, label_ids, inst
 
 

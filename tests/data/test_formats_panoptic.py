@@ -33,7 +33,8 @@ def test_panoptic_segments_match_png(shared_data):
         assert s.panoptic.ids.tolist() == [g["id"] for g in segs]
         names = [ds.info.class_names[k] for k in s.panoptic.labels.tolist()]
         assert names == [cats[g["category_id"]]["name"] for g in segs]
-        assert s.panoptic.isthing.tolist() == [bool(cats[g["category_id"]]["isthing"]) for g in segs]
+        isthing = [bool(cats[g["category_id"]]["isthing"]) for g in segs]
+        assert s.panoptic.isthing.tolist() == isthing
         for g, label in zip(segs, s.panoptic.labels.tolist()):
             region = ids == g["id"]
             assert region.sum() == g["area"]

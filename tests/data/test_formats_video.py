@@ -71,7 +71,8 @@ def _youtube_vis(tmp_path):
         names = []
         for f in range(n):
             (frames / f"v{vid}").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((h, w, 3), 30 * f, np.uint8)).save(frames / f"v{vid}" / f"{f}.png")
+            image = Image.fromarray(np.full((h, w, 3), 30 * f, np.uint8))
+            image.save(frames / f"v{vid}" / f"{f}.png")
             names.append(f"v{vid}/{f}.png")
         videos.append({"id": vid, "file_names": names, "height": h, "width": w, "length": n})
     m = np.zeros((h, w), np.uint8)
@@ -106,7 +107,8 @@ def test_youtube_vis_frames_tracks_masks(tmp_path):
     assert f0.instances.track_ids.tolist() == [1, 2] and f0.instances.labels.tolist() == [1, 0]
     assert f1.instances.track_ids.tolist() == [2] and f2.instances.track_ids.tolist() == [1]
     assert np.array_equal(f0.instances.masks[0].numpy(), m.astype(bool))
-    ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[10, 5, 17, 5, 17, 12, 10, 12]], 13, 19)))
+    polygon = [[10, 5, 17, 5, 17, 12, 10, 12]]
+    ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, 13, 19)))
     assert np.array_equal(f1.instances.masks[0].numpy(), ref.astype(bool))
     assert f0.instances.boxes.tolist() == [[3, 2, 9, 6], [10, 5, 17, 12]]
     assert ds[4].instances.boxes.tolist() == [[10, 5, 17, 12]]  # from the polygon

@@ -152,7 +152,9 @@ class CocoPanopticDataset(Dataset):
         has_pixels = np.isin(ids, present)
         if not has_pixels.all():
             for sid in ids[~has_pixels]:
-                note_item(self.skips, "segment with no pixel in the PNG", f"{png_path.name} id {sid}")
+                note_item(
+                    self.skips, "segment with no pixel in the PNG", f"{png_path.name} id {sid}"
+                )
             ids, labels, crowd = ids[has_pixels], labels[has_pixels], crowd[has_pixels]
         isthing = self._isthing[labels]
         h, w = seg_map.shape
@@ -181,7 +183,9 @@ class CocoPanopticDataset(Dataset):
                 masks=torch.from_numpy(masks),
                 iscrowd=torch.from_numpy(crowd[things].copy()),
             )
-        meta = SampleMeta(image_id=int(self.image_ids[i]), file_name=str(image_path), orig_size=(h, w))
+        meta = SampleMeta(
+            image_id=int(self.image_ids[i]), file_name=str(image_path), orig_size=(h, w)
+        )
         return Sample(
             image=image_tensor(image), meta=meta, instances=instances,
             semantic=semantic, panoptic=panoptic,

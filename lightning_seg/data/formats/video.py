@@ -88,7 +88,8 @@ class DavisDataset(Dataset):
             indices = []
             for frame, image in enumerate(images):
                 indices.append(len(self.frames))
-                self.frames.append((video, frame, image, self.mask_root / name / f"{image.stem}.png"))
+                mask = self.mask_root / name / f"{image.stem}.png"
+                self.frames.append((video, frame, image, mask))
             self._sequences.append(indices)
         self.skips.log_once()
 
@@ -136,7 +137,8 @@ class DavisDataset(Dataset):
                 track_ids=torch.from_numpy(ids),
             )
         meta = SampleMeta(
-            image_id=i, file_name=str(image_path), orig_size=(h, w), video_id=video, frame_index=frame
+            image_id=i, file_name=str(image_path), orig_size=(h, w), video_id=video,
+            frame_index=frame,
         )
         return Sample(image=image_tensor(image), meta=meta, instances=instances)
 
@@ -238,23 +240,6 @@ class YouTubeVISDataset(Dataset):
         video_of = np.searchsorted(self.video_offsets, frame_of, side="right") - 1
         hw = self.video_sizes[video_of] if num else np.zeros((0, 2), np.int32)
         keep = np.ones(num, dtype=bool)
-        if with_masks:
-            keep &= store.kind != M.NONE
-            is_rle = (store.kind == M.RLE) | (store.kind == M.RLE_UNCOMPRESSED)
-            bad = np.flatnonzero(is_rle & (store.rle_size != hw).any(axis=1))
-            if len(bad):
-                j = bad[0]
-                raise DataError(
-                    f"{path}: track id={track_of[j]} frame {frame_of[j] - self.video_offsets[video_of[j]]} "
-                    f"has an RLE of size {tuple(store.rle_size[j].tolist())} but its video is "
-                    f"{tuple(hw[j].tolist())} (h, w). Re-encode the RLE or fix the video's height/width."
-                )
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(num, 4)
-        for j in np.flatnonzero(np.isnan(boxes).any(axis=1) & keep):
-            boxes[j] = store.bbox(j, int(hw[j, 0]), int(hw[j, 1]))
-        xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-        limit = np.concatenate([hw[:, ::-1], hw[:, ::-1]], axis=1).astype(np.float64)
-        clipped = np.clip(xyxy, 0, limit)
         def describe(j: int) -> str:
             video = video_of[j]
             return (
@@ -262,6 +247,24 @@ class YouTubeVISDataset(Dataset):
                 f"video id={self.video_ids[video]}"
             )
 
+        if with_masks:
+            keep &= store.kind != M.NONE
+            is_rle = (store.kind == M.RLE) | (store.kind == M.RLE_UNCOMPRESSED)
+            bad = np.flatnonzero(is_rle & (store.rle_size != hw).any(axis=1))
+            if len(bad):
+                j = bad[0]
+                raise DataError(
+                    f"{path}: {describe(j)} has an RLE of size "
+                    f"{tuple(store.rle_size[j].tolist())} but its video is "
+                    f"{tuple(hw[j].tolist())} (h, w). Re-encode the RLE or fix the video's "
+                    f"height/width."
+                )
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(num, 4)
+        for j in np.flatnonzero(np.isnan(boxes).any(axis=1) & keep):
+            boxes[j] = store.bbox(j, int(hw[j, 0]), int(hw[j, 1]))
+        xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+        limit = np.concatenate([hw[:, ::-1], hw[:, ::-1]], axis=1).astype(np.float64)
+        clipped = np.clip(xyxy, 0, limit)
         moved = (np.abs(clipped - xyxy) > CLIP_EPS).any(axis=1) & keep
         count_records(
             self.skips, "box outside the image clipped", np.flatnonzero(moved), describe, fixed=True
