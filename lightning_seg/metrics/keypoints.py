@@ -322,15 +322,18 @@ class NME(_KeypointMetricBase):
     def compute(self) -> dict[str, Tensor]:
         """``nme``, ``auc``, ``failure_rate`` (NaN with no image), ``num_instances``,
         ``num_invalid_norm``."""
-        n = self.num_instances
+        n = self.num_instances.double()
         if int(n) == 0:
             nan = torch.tensor(math.nan, dtype=torch.float64)
-            return {"nme": nan, "auc": nan, "failure_rate": nan, "num_instances": n, "num_invalid_norm": self.num_invalid_norm}
+            return {
+                "nme": nan, "auc": nan, "failure_rate": nan,
+                "num_instances": self.num_instances, "num_invalid_norm": self.num_invalid_norm,
+            }
         return {
             "nme": from_fixed(self.nme_fixed) / n,
             "auc": from_fixed(self.auc_fixed) / (n * self.failure_thresh),
             "failure_rate": self.num_failures.double() / n,
-            "num_instances": n,
+            "num_instances": self.num_instances,
             "num_invalid_norm": self.num_invalid_norm,
         }
 
