@@ -71,14 +71,14 @@ class PlainProgress(ProgressBar):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._done = batch_idx + 1
-        self._tick(trainer, "test", self._done, self.total_test_batches_current_dataloader)
+        self._tick(trainer, "test", self._done, sum(trainer.num_test_batches))
 
     def on_test_end(self, trainer, pl_module) -> None:
-        self._print(trainer, "test", self._done, self.total_test_batches_current_dataloader)
+        self._print(trainer, "test", self._done, sum(trainer.num_test_batches))
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._done = batch_idx + 1
-        self._tick(trainer, "predict", self._done, self.total_predict_batches_current_dataloader)
+        self._tick(trainer, "predict", self._done, sum(trainer.num_predict_batches))
 
 
 def default_progress_bar() -> ProgressBar:

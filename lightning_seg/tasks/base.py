@@ -1,4 +1,6 @@
-"""What every task shares: optimizer/scheduler callables, batch transfer, loss logging.
+"""What every task shares: optimizer/scheduler callables, loss logging, prediction hooks.
+
+``Batch`` moves to the device through Lightning's default transfer, which calls its ``.to()``.
 
 A task owns training (steps, logging, metrics, predictions), never the maths: it receives the
 network built from parts, an optimizer callable and a scheduler callable (``STYLE.md`` 9).
@@ -80,11 +82,6 @@ class BaseTask(L.LightningModule):
                 "monitor": self.scheduler_monitor,
             },
         }
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        if isinstance(batch, Batch):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def log_losses(self, losses: dict[str, Tensor], stage: str, batch_size: int) -> Tensor:
         """Log each named loss term and their sum under ``{stage}/``; return the sum."""

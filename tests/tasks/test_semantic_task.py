@@ -1,0 +1,122 @@
+"""The semantic task through the real CLI: fit, resume, load_from_checkpoint, predict files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lightning_seg.cli import main
+from lightning_seg.models.detectors.unet import UNet
+from lightning_seg.tasks import SemanticSegmentationTask
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = {
+        "model": {
+            "class_path": "lightning_seg.tasks.SemanticSegmentationTask",
+            "init_args": {
+                "model": {"class_path": "lightning_seg.models.detectors.unet.UNet",
+                          "init_args": {"base_channels": 8, "depth": 2}},
+                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.003}},
+            },
+        },
+        "data": {
+            "class_path": "lightning_seg.data.datamodules.synthetic.SyntheticShapesDataModule",
+            "init_args": {"task": "semantic", "root": str(tmp_path / "world"), "num_train": 4,
+                          "num_val": 3, "height": 48, "width": 64, "vary_size": True,
+                          "batch_size": 2, "num_workers": 0, "persistent_workers": False,
+                          "pin_memory": False},
+        },
+        "trainer": {
+            "accelerator": "cpu", "max_epochs": 1, "num_sanity_val_steps": 0,
+            "default_root_dir": str(tmp_path),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "sem"}},
+        },
+    }
+    path = tmp_path / "sem.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("semantic_task")
+    config = _config(tmp)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(REPO)
+    try:
+        main(["fit", "--config", str(config)])
+    finally:
+        mp.undo()
+    return config, tmp / "logs" / "sem" / "version_0"
+
+
+def test_fit_writes_run_folder(trained):
+    _, run = trained
+    assert (run / "config.yaml").is_file()
+    assert (run / "metrics.csv").read_text().count("val/mIoU") == 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "predictions").glob("epoch_*.png"))
+
+
+def test_resume_continues_from_checkpoint(trained, monkeypatch):
+    config, run = trained
+    monkeypatch.chdir(REPO)
+    cli = main(["fit", "--config", str(config), "--trainer.max_epochs", "2",
+                "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    first = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert cli.trainer.current_epoch == 2
+    assert cli.trainer.global_step == 2 * first["global_step"]
+
+
+def test_load_from_checkpoint_rebuilds_network(trained):
+    _, run = trained
+    task = SemanticSegmentationTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert isinstance(task.model, UNet)
+    assert task.num_classes == 7 and task.class_names[0] == "circle"
+    out = task.eval()(torch.rand(1, 3, 40, 56))
+    assert out.shape == (1, 7, 40, 56)
+
+
+def test_predict_writes_label_pngs_at_original_size(trained, tmp_path, monkeypatch):
+    config, run = trained
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "pred"
+    main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+          "--trainer.callbacks+=lightning_seg.callbacks.PredictionWriter",
+          f"--trainer.callbacks.output_dir={out}"])
+    labels = sorted((out / "labels").glob("*.png"))
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert len(labels) == 3 and len(overlays) == 3
+    for label in labels:
+        arr = np.asarray(Image.open(label))
+        assert arr.max() < 7
+    # vary_size: every prediction must match its own image's size
+    world = Path(yaml.safe_load(config.read_text())["data"]["init_args"]["root"])
+    for label in labels:
+        image = Image.open(world / "val" / "images" / label.name)
+        assert Image.open(label).size == image.size
+
+
+def test_loss_rejects_labels_out_of_range():
+    task = SemanticSegmentationTask(UNet(num_classes=3, base_channels=4, depth=1), num_classes=3)
+    logits = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    target = torch.full((1, 4, 4), 5)
+    with pytest.raises(ValueError, match="label values must be in"):
+        task.loss(logits, target)
+
+
+def test_loss_all_ignored_is_zero_and_connected():
+    task = SemanticSegmentationTask(UNet(num_classes=3, base_channels=4, depth=1), num_classes=3)
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = task.loss(logits, torch.full((1, 4, 4), 255))["loss_ce"]
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
