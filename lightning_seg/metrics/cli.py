@@ -63,7 +63,12 @@ def _run_coco(args: argparse.Namespace) -> tuple[dict, str]:
     except ImportError as exc:
         raise DataError(f"COCO evaluation is not available ({exc}).") from exc
     stats = evaluate_coco_files(
-        args.gt, args.dt, args.iou_type, kpt_sigmas=args.kpt_sigmas, backend=args.backend, max_dets=tuple(args.max_dets)
+        args.gt,
+        args.dt,
+        args.iou_type,
+        kpt_sigmas=args.kpt_sigmas,
+        backend=args.backend,
+        max_dets=tuple(args.max_dets),
     )
     return stats, format_coco_table(stats)
 
@@ -108,7 +113,10 @@ def _run_semantic(args: argparse.Namespace) -> tuple[dict, str]:
     ]
     for name, iou, acc in zip(names, res["IoU"], res["Acc"]):
         lines.append(f"{name[:24]:24s} {_pct(iou)}  {_pct(acc)}")
-    lines.append(f"({res['num_images']} images; {res['num_unmatched_predictions']} predictions without ground truth ignored)")
+    lines.append(
+        f"({res['num_images']} images; {res['num_unmatched_predictions']} predictions without "
+        f"ground truth ignored)"
+    )
     res["class_names"] = names
     return res, "\n".join(lines)
 
@@ -121,7 +129,8 @@ def _run_vpq(args: argparse.Namespace) -> tuple[dict, str]:
     )
     lines = [f"{'':8s}| {'All':>5s}  {'Things':>6s}  {'Stuff':>5s}", "-" * 32]
     for k, groups in res["per_k"].items():
-        lines.append(f"{'k=' + str(k):8s}| {_pct(groups['All']['pq'])}  {_pct(groups['Things']['pq']):>6s}  {_pct(groups['Stuff']['pq'])}")
+        all_, th, st = (_pct(groups[g]["pq"]) for g in ("All", "Things", "Stuff"))
+        lines.append(f"{'k=' + str(k):8s}| {all_}  {th:>6s}  {st}")
     v = res["vpq"]
     lines.append(f"{'VPQ':8s}| {_pct(v['All'])}  {_pct(v['Things']):>6s}  {_pct(v['Stuff'])}")
     lines.append(f"({res['num_videos']} videos, {res['num_frames']} annotated frames)")
@@ -132,9 +141,12 @@ def _keypoint_metric(args: argparse.Namespace):
     from lightning_seg.metrics import keypoints as kp
 
     norm = args.norm or {"pck": "bbox", "pckh": "head", "nme": "interocular"}[args.metric]
-    allowed = {"pck": {"bbox", "torso"}, "pckh": {"head"}, "nme": {"interocular", "interpupil", "box"}}[args.metric]
-    if norm not in allowed:
-        raise DataError(f"--norm {norm} does not apply to --metric {args.metric} (choose from {sorted(allowed)}).")
+    allowed = {"pck": {"bbox", "torso"}, "pckh": {"head"}, "nme": {"interocular", "interpupil", "box"}}
+    if norm not in allowed[args.metric]:
+        raise DataError(
+            f"--norm {norm} does not apply to --metric {args.metric} "
+            f"(choose from {sorted(allowed[args.metric])})."
+        )
     if norm in ("torso", "interocular"):
         if not args.norm_keypoints or len(args.norm_keypoints) != 2:
             raise DataError(f"--norm {norm} needs --norm-keypoints I J (e.g. 300-W outer eye corners: 36 45).")
@@ -190,7 +202,8 @@ def _run_keypoints(args: argparse.Namespace) -> tuple[dict, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lseg-eval", description="Evaluate segmentation / keypoint prediction files (exit code 2 on bad input)."
+        prog="lseg-eval",
+        description="Evaluate segmentation / keypoint prediction files (exit code 2 on bad input).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -204,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="COCO ground-truth JSON")
     p.add_argument("--dt", required=True, help="COCO results JSON (list of detections)")
     p.add_argument("--iou-type", required=True, choices=["bbox", "segm", "boundary", "keypoints"])
-    p.add_argument("--kpt-sigmas", type=float, nargs="+", default=None, help="OKS sigma per keypoint (COCO person by default)")
+    p.add_argument(
+        "--kpt-sigmas", type=float, nargs="+", default=None, help="OKS sigma per keypoint (COCO person by default)"
+    )
     p.add_argument("--backend", default="faster_coco_eval", choices=["faster_coco_eval", "pycocotools"])
     p.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("D1", "D2", "D3"))
 

@@ -159,7 +159,9 @@ def normalized_distances(preds: Tensor, target: Tensor, norm: Tensor) -> tuple[T
     if target.ndim != 3 or target.shape[-1] != 3:
         raise ValueError(f"target must be Tensor[N, K, 3] (x, y, visibility), got {tuple(target.shape)}")
     if preds.ndim != 3 or preds.shape[:2] != target.shape[:2] or preds.shape[-1] < 2:
-        raise ValueError(f"preds must be Tensor[N={target.shape[0]}, K={target.shape[1]}, >=2], got {tuple(preds.shape)}")
+        raise ValueError(
+            f"preds must be Tensor[N={target.shape[0]}, K={target.shape[1]}, >=2], got {tuple(preds.shape)}"
+        )
     norm = norm.to(device=target.device, dtype=torch.float64)
     valid = (target[..., 2] > 0) & ((norm > 0) & torch.isfinite(norm))[:, None]  # [N, K]
     diff = preds[..., :2].to(target.device).double() - target[..., :2].double()  # [N, K, 2]
@@ -272,7 +274,11 @@ class PCKh(PCK):
         **kwargs,
     ) -> None:
         super().__init__(
-            num_keypoints, alpha, normalizer if normalizer is not None else HeadSizeNorm(0.6), keypoint_names, **kwargs
+            num_keypoints,
+            alpha,
+            normalizer if normalizer is not None else HeadSizeNorm(0.6),
+            keypoint_names,
+            **kwargs,
         )
 
 
@@ -386,7 +392,9 @@ def load_keypoint_pairs(
 
     def parse_kpts(values, where: str) -> Tensor:
         if not isinstance(values, list) or len(values) % 3 or not values:
-            raise DataError(f"{where}: 'keypoints' must be a flat list [x1, y1, v1, x2, ...], got {str(values)[:80]}")
+            raise DataError(
+                f"{where}: 'keypoints' must be a flat list [x1, y1, v1, x2, ...], got {str(values)[:80]}"
+            )
         return torch.tensor(values, dtype=torch.float64).view(-1, 3)  # [K, 3]
 
     anns, by_id = [], {}
@@ -423,7 +431,10 @@ def load_keypoint_pairs(
             raise DataError(f"{where}: {k.shape[0]} keypoints, the ground truth has {num_k}.")
         if "annotation_id" in d:
             if d["annotation_id"] not in by_id:
-                raise DataError(f"{where}: annotation_id {d['annotation_id']} is not a ground-truth annotation with keypoints.")
+                raise DataError(
+                    f"{where}: annotation_id {d['annotation_id']} is not a ground-truth annotation "
+                    f"with keypoints."
+                )
             i = by_id[d["annotation_id"]]
             preds[i], assigned[i] = k[:, :2], True
         else:

@@ -113,11 +113,13 @@ def segment_index(segment_map: Tensor, ids: Tensor, void_label: int = 0) -> Tens
         return torch.zeros_like(flat)
     sorted_ids, order = ids.sort()
     if bool((sorted_ids[1:] == sorted_ids[:-1]).any()):
-        raise ValueError(f"ids must be unique, got duplicates {_few(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])}")
+        dup = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
+        raise ValueError(f"ids must be unique, got duplicates {_few(dup)}")
     if bool((sorted_ids == void_label).any()):
         raise ValueError(f"ids must not contain the void label {void_label}")
     lo, hi = torch.aminmax(flat)
-    lo, hi = min(int(lo), int(sorted_ids[0]), void_label), max(int(hi), int(sorted_ids[-1]), void_label)
+    lo = min(int(lo), int(sorted_ids[0]), void_label)
+    hi = max(int(hi), int(sorted_ids[-1]), void_label)
     if lo >= 0 and hi < max(_LUT_MIN_SIZE, flat.numel()):
         # small ids (model outputs): one gather through a lookup table, -1 = unknown id
         lut = torch.full((hi + 1,), -1, dtype=torch.int64, device=flat.device)
@@ -289,7 +291,9 @@ def _check_classes(things: list[int], stuff: list[int]) -> int:
     if not both:
         raise ValueError("at least one of `things` and `stuff` must be non-empty")
     if len(set(both)) != len(both):
-        raise ValueError(f"`things` and `stuff` must be disjoint lists of unique class indices, got {things} and {stuff}")
+        raise ValueError(
+            f"`things` and `stuff` must be disjoint lists of unique class indices, got {things} and {stuff}"
+        )
     if min(both) < 0:
         raise ValueError(f"class indices must be >= 0, got {sorted(both)}")
     return max(both) + 1
@@ -376,7 +380,8 @@ class PanopticQualityMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """See ``pq_from_counts`` for the keys; also ``num_images``."""
-        out = pq_from_counts(PanopticCounts(self.iou_fixed, self.tp, self.fp, self.fn), self.things, self.stuff)
+        counts = PanopticCounts(self.iou_fixed, self.tp, self.fp, self.fn)
+        out = pq_from_counts(counts, self.things, self.stuff)
         out["num_images"] = self.num_images
         return out
 
@@ -589,10 +594,11 @@ def evaluate_panoptic_files(
         if image_id not in pred_anns:
             raise DataError(f"{pred_json}: no prediction for image_id {image_id} ({gt_ann['file_name']}).")
         target = load_panoptic_segments(gt_folder, gt_ann, categories, gt_json, is_prediction=False)
-        pred = load_panoptic_segments(pred_folder, pred_anns[image_id], categories, pred_json, is_prediction=True)
+        pred_ann = pred_anns[image_id]
+        pred = load_panoptic_segments(pred_folder, pred_ann, categories, pred_json, is_prediction=True)
         if pred.image_size != target.image_size:
             raise DataError(
-                f"{pred_json}: image_id {image_id}: predicted PNG {Path(pred_folder) / pred_anns[image_id]['file_name']} "
+                f"{pred_json}: image_id {image_id}: predicted PNG {Path(pred_folder) / pred_ann['file_name']} "
                 f"is {pred.image_size} (H, W) but the ground truth is {target.image_size}; predictions "
                 f"must be at the original image size."
             )

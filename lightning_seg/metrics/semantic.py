@@ -26,10 +26,17 @@ from torchmetrics import Metric
 
 from lightning_seg.data.io import DataError, read_label_map
 
-__all__ = ["SegmentationMetrics", "confusion_matrix", "evaluate_semantic_folders", "metrics_from_confusion"]
+__all__ = [
+    "SegmentationMetrics",
+    "confusion_matrix",
+    "evaluate_semantic_folders",
+    "metrics_from_confusion",
+]
 
 
-def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
+def confusion_matrix(
+    preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255
+) -> Tensor:
     """Confusion matrix of one batch.
 
     Args:
@@ -55,7 +62,9 @@ def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int, ignore_ind
             f"(int) or logits Tensor[B, K, H, W]"
         )
     if preds.shape != target.shape:
-        raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise ValueError(
+            f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same shape"
+        )
     target = target.reshape(-1).to(torch.int64)  # [B*H*W]
     preds = preds.reshape(-1).to(device=target.device, dtype=torch.int64)  # [B*H*W]
     if ignore_index is not None:
@@ -138,7 +147,8 @@ class SegmentationMetrics(Metric):
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add a batch: ``preds`` ``Tensor[B, H, W]`` int or ``Tensor[B, K, H, W]`` logits,
         ``target`` ``Tensor[B, H, W]`` int."""
-        self.confmat += confusion_matrix(preds, target, self.num_classes, self.ignore_index).to(self.confmat.device)
+        cm = confusion_matrix(preds, target, self.num_classes, self.ignore_index)
+        self.confmat += cm.to(self.confmat.device)
 
     def compute(self) -> dict[str, Tensor]:
         """See ``metrics_from_confusion``."""

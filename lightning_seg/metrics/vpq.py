@@ -171,8 +171,12 @@ class VideoPanopticQualityMetric(Metric):
                     bool(((labels < 0) | (labels >= self.num_classes)).any())
                     or not bool(self._known.to(labels.device)[labels].all())
                 ):
-                    raise ValueError(f"frame {f}: {what} labels {_few(labels)} include classes outside things/stuff")
-        per_window = video_panoptic_counts(preds, targets, self.num_classes, self.window_frames, self.void_label)
+                    raise ValueError(
+                        f"frame {f}: {what} labels {_few(labels)} include classes outside things/stuff"
+                    )
+        per_window = video_panoptic_counts(
+            preds, targets, self.num_classes, self.window_frames, self.void_label
+        )
         device = self.tp.device
         for w, counts in enumerate(per_window):
             self.iou_fixed[w] += counts.iou_fixed.to(device)
@@ -187,7 +191,8 @@ class VideoPanopticQualityMetric(Metric):
         out: dict[str, Tensor] = {}
         per_group = defaultdict(list)
         for w, k in enumerate(self.spans):
-            res = pq_from_counts(PanopticCounts(self.iou_fixed[w], self.tp[w], self.fp[w], self.fn[w]), self.things, self.stuff)
+            counts = PanopticCounts(self.iou_fixed[w], self.tp[w], self.fp[w], self.fn[w])
+            res = pq_from_counts(counts, self.things, self.stuff)
             for suffix in ("", "_th", "_st"):
                 for m in ("pq", "sq", "rq", "n"):
                     out[f"{m}{suffix}_k{k}"] = res[f"{m}{suffix}"]
@@ -270,7 +275,9 @@ def evaluate_vpq_files(
         out["vpq"][name] = float(res[f"vpq{suffix}"])
     for k in metric.spans:
         out["per_k"][k] = {
-            name: {m: (int if m == "n" else float)(res[f"{m}{suffix}_k{k}"]) for m in ("pq", "sq", "rq", "n")}
+            name: {
+                m: (int if m == "n" else float)(res[f"{m}{suffix}_k{k}"]) for m in ("pq", "sq", "rq", "n")
+            }
             for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))
         }
     out["num_videos"] = len(videos)
