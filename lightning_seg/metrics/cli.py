@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -271,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"lseg-eval {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(_jsonable(result), allow_nan=False))
-    else:
-        print(table)
+    try:
+        print(json.dumps(_jsonable(result), allow_nan=False) if args.json else table, flush=True)
+    except BrokenPipeError:  # e.g. piped into `head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
