@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
 from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer
 from lightning_seg.layers.separable import SeparableConv2d

@@ -119,3 +119,102 @@ def test_resnet_frozen_bn_for_mask_rcnn() -> None:
     feats["c5"].mean().backward()
     assert backbone.layer2[0].conv1.weight.grad is not None
     assert backbone.layer1[0].conv1.weight.grad is None
+
+
+# --------------------------------------------------------------------------- VGG
+
+
+def test_vgg_contract_tiny() -> None:
+    from lightning_seg.models.backbones.vgg import VGGBackbone
+
+    backbone = VGGBackbone(stage_channels=(8, 16, 32, 32, 32), fc_channels=64).eval()
+    assert backbone.out_channels == {"pool3": 32, "pool4": 32, "fc7": 64}
+    assert backbone.strides == {"pool3": 8, "pool4": 16, "fc7": 32}
+    with torch.no_grad():
+        feats = backbone(torch.rand(2, 3, 64, 96))
+    assert feats["pool3"].shape == (2, 32, 8, 12)
+    assert feats["pool4"].shape == (2, 32, 4, 6)
+    assert feats["fc7"].shape == (2, 64, 2, 3)
+    # fc layers and unused deeper stages are not built
+    shallow = VGGBackbone(stage_channels=(8, 16, 32, 32, 32), out_features=("pool3",))
+    assert shallow.fc6 is None and len(shallow.features) == 17  # pool3 is torchvision's features[16]
+    with pytest.raises(ValueError, match="fc_channels"):
+        VGGBackbone(fc_channels=None, out_features=("fc7",))
+
+
+def _torchvision_layout_vgg(stage_channels: tuple[int, ...], fc: int) -> nn.Module:
+    """A small network with torchvision VGG16's exact module layout (``features``,
+    ``classifier`` = Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear)."""
+    cfg: list = []
+    for ch, n in zip(stage_channels, (2, 2, 3, 3, 3)):
+        cfg += [ch] * n + ["M"]
+    net = nn.Module()
+    net.features = torchvision.models.vgg.make_layers(cfg)
+    net.classifier = nn.Sequential(
+        nn.Linear(stage_channels[-1] * 49, fc), nn.ReLU(), nn.Dropout(), nn.Linear(fc, fc), nn.ReLU(), nn.Dropout(),
+        nn.Linear(fc, 1000),
+    )
+    return net
+
+
+def test_vgg_loads_torchvision_layout() -> None:
+    """``features.*`` map 1:1, fc6/fc7 are the classifier's Linear layers reshaped."""
+    from lightning_seg.models.backbones.vgg import VGGBackbone
+
+    channels = (8, 16, 16, 32, 32)
+    tv = _torchvision_layout_vgg(channels, 64).eval()
+    ours = VGGBackbone(stage_channels=channels, fc_channels=64).eval()
+    ours.load_torchvision_state_dict(tv.state_dict())
+    torch.testing.assert_close(ours.features[28].weight, tv.features[28].weight)
+    torch.testing.assert_close(ours.fc6.weight.flatten(1), tv.classifier[0].weight)
+    torch.testing.assert_close(ours.fc7.weight.flatten(1), tv.classifier[3].weight)
+    # fc6 + fc7 as convs on pool5 of a 224 image equal the Linear layers on the flattened pool5
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = tv.classifier[:5](tv.features(x).flatten(1))
+        got = ours(x)["fc7"][:, :, 3, 3]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_vgg16_full_size_torchvision_keys() -> None:
+    from lightning_seg.models.backbones.vgg import VGGBackbone
+    from lightning_seg.models.detectors.fcn import fcn8s_vgg16
+
+    tv = torchvision.models.vgg16(weights=None)
+    ours = VGGBackbone()
+    ours.load_torchvision_state_dict(tv.state_dict())
+    assert {k for k in ours.state_dict() if k.startswith("features.")} == {
+        k for k in tv.state_dict() if k.startswith("features.")
+    }
+    assert fcn8s_vgg16(3).backbone.out_channels == {"pool3": 256, "pool4": 512, "fc7": 4096}
+
+
+# --------------------------------------------------------------------------- Xception
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_xception_contract_tiny(output_stride: int) -> None:
+    from lightning_seg.models.backbones.xception import XceptionBackbone
+
+    backbone = XceptionBackbone(output_stride=output_stride, middle_repeats=1, width_multiplier=0.125).eval()
+    assert backbone.out_channels == {"low_level": 32, "out": 256}
+    assert backbone.strides == {"low_level": 4, "out": output_stride}
+    with torch.no_grad():
+        _check_contract(backbone, 65, 47)
+    # the full-width model has the paper's channels and 16 middle-flow blocks
+    full = XceptionBackbone()
+    assert full.out_channels == {"low_level": 256, "out": 2048}
+    assert sum(name.startswith("middle") for name in full.blocks) == 16
+
+
+def test_xception_atrous_rates() -> None:
+    from lightning_seg.models.backbones.xception import XceptionBackbone
+
+    os16 = XceptionBackbone(output_stride=16, middle_repeats=1, width_multiplier=0.125)
+    assert os16.blocks["exit1"].sep3.depthwise.conv.stride == (1, 1)
+    assert os16.blocks["exit2"].sep1.depthwise.conv.dilation == (2, 2)
+    os8 = XceptionBackbone(output_stride=8, middle_repeats=1, width_multiplier=0.125)
+    assert os8.blocks["entry3"].sep3.depthwise.conv.stride == (1, 1)
+    assert os8.blocks["middle1"].sep1.depthwise.conv.dilation == (2, 2)
+    assert os8.blocks["exit2"].sep1.depthwise.conv.dilation == (4, 4)

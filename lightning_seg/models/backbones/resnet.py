@@ -78,6 +78,8 @@ class ResNetBackbone(nn.Module):
         freeze_at: 0 trains everything; 1 freezes the stem (conv1, bn1); 2 the stem and
             ``layer1`` (res2); ... 5 everything (detectron2's ``FREEZE_AT``). Frozen stages
             also get frozen BatchNorm.
+        num_blocks: blocks per stage overriding the depth's (e.g. ``(1, 1, 1, 1)`` for a tiny
+            BasicBlock "ResNet-10" in tests); pretrained weights then no longer fit.
 
     Attributes:
         out_channels: level -> channels (R50: c2 256, c3 512, c4 1024, c5 2048; R18: 64..512).
@@ -98,6 +100,7 @@ class ResNetBackbone(nn.Module):
         multi_grid: Sequence[int] | None = None,
         frozen_bn: bool = False,
         freeze_at: int = 0,
+        num_blocks: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if depth not in _DEPTHS:
@@ -114,9 +117,14 @@ class ResNetBackbone(nn.Module):
         self.out_features = tuple(f for f in _LEVELS if f in out_features)
         self.output_stride = output_stride
 
-        net = getattr(torchvision.models, f"resnet{depth}")(
-            weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-        )
+        norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        if num_blocks is None:
+            net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=norm_layer)
+        else:
+            if len(num_blocks) != 4:
+                raise ValueError(f"num_blocks needs 4 entries (one per stage), got {tuple(num_blocks)}")
+            block = Bottleneck if depth >= 50 else BasicBlock
+            net = torchvision.models.resnet.ResNet(block, list(num_blocks), norm_layer=norm_layer)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         num_stages = _LEVELS.index(self.out_features[-1]) + 1
         self._stage_names = [f"layer{i + 1}" for i in range(num_stages)]

@@ -1,0 +1,155 @@
+"""VGG16 backbone (Simonyan and Zisserman, ICLR 2015) as used by FCN (Long et al., CVPR 2015):
+pool3 / pool4 / pool5 features and the classifier's fc6 / fc7 recast as convolutions.
+
+State-dict key layout: ``features.<i>.*`` has torchvision's indices (conv, ReLU, ..., max
+pool), so ``torchvision.models.vgg16().state_dict()`` maps 1:1 for the convolutions;
+``fc6.weight`` is torchvision's ``classifier.0.weight`` reshaped to ``[4096, 512, 7, 7]`` and
+``fc7.weight`` is ``classifier.3.weight`` reshaped to ``[4096, 4096, 1, 1]``
+(``load_torchvision_state_dict`` does it).
+
+Difference from the Caffe FCN: conv1_1 is padded by 1 (not 100) and fc6 by 3, so every
+feature is exactly aligned when the input is a multiple of 32 (FCN pads to that inside and
+crops back) and no crop offsets are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+_LEVELS = ("pool1", "pool2", "pool3", "pool4", "pool5", "fc7")
+_STRIDES = {"pool1": 2, "pool2": 4, "pool3": 8, "pool4": 16, "pool5": 32, "fc7": 32}
+
+
+class VGGBackbone(nn.Module):
+    """VGG16 (configuration D) returning pooled stage outputs and optionally fc7.
+
+    Args:
+        stage_channels: output channels of the 5 stages (VGG16: 64, 128, 256, 512, 512).
+        convs_per_stage: 3x3 convs per stage (VGG16: 2, 2, 3, 3, 3).
+        fc_channels: width of fc6 / fc7 as convolutions (4096 in VGG16), or None to build
+            neither (then ``"fc7"`` cannot be requested).
+        fc6_kernel_size: kernel of fc6 (7 in VGG16, "same" padding).
+        fc_dropout: dropout after fc6 and fc7 (0.5 in VGG16 / FCN).
+        batch_norm: add BatchNorm after every conv (torchvision's ``vgg16_bn`` layout).
+        out_features: levels to return, among ``pool1..pool5`` and ``fc7``.
+        weights: name of a torchvision ``VGG16_Weights`` member (``"IMAGENET1K_V1"``), or None.
+        weights_path: local checkpoint of a torchvision VGG16 (state dict).
+
+    Attributes:
+        out_channels: level -> channels (pool3 256, pool4 512, pool5 512, fc7 4096 for VGG16).
+        strides: level -> stride (pool3 8, pool4 16, pool5 32, fc7 32).
+
+    Shapes:
+        ``forward(Tensor[B, 3, H, W])`` (normalised) ``-> {level: Tensor[B, C_l, H // s_l, W // s_l]}``.
+    """
+
+    def __init__(
+        self,
+        stage_channels: Sequence[int] = (64, 128, 256, 512, 512),
+        convs_per_stage: Sequence[int] = (2, 2, 3, 3, 3),
+        fc_channels: int | None = 4096,
+        fc6_kernel_size: int = 7,
+        fc_dropout: float = 0.5,
+        batch_norm: bool = False,
+        out_features: Sequence[str] = ("pool3", "pool4", "fc7"),
+        weights: str | None = None,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if len(stage_channels) != 5 or len(convs_per_stage) != 5:
+            raise ValueError("stage_channels and convs_per_stage need 5 entries (one per VGG stage)")
+        out_features = tuple(out_features)
+        bad = [f for f in out_features if f not in _LEVELS]
+        if bad or not out_features:
+            raise ValueError(f"out_features must be a non-empty subset of {_LEVELS}, got {out_features}")
+        if "fc7" in out_features and fc_channels is None:
+            raise ValueError("out_features has 'fc7' but fc_channels is None: set fc_channels (4096 in VGG16)")
+        self.out_features = tuple(f for f in _LEVELS if f in out_features)
+
+        layers: list[nn.Module] = []
+        self._pool_index: dict[str, int] = {}
+        in_ch = 3
+        for stage, (ch, n) in enumerate(zip(stage_channels, convs_per_stage)):
+            for _ in range(n):
+                layers.append(nn.Conv2d(in_ch, ch, 3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(ch))
+                layers.append(nn.ReLU(inplace=True))
+                in_ch = ch
+            layers.append(nn.MaxPool2d(2, 2))
+            self._pool_index[f"pool{stage + 1}"] = len(layers) - 1
+        uses_fc = "fc7" in self.out_features
+        last_index = len(layers) - 1 if uses_fc else self._pool_index[self.out_features[-1]]
+        # stages deeper than the deepest requested level are not built (no unused parameters)
+        self.features = nn.Sequential(*layers[: last_index + 1])
+
+        self.fc6: nn.Module | None = None
+        self.fc7: nn.Module | None = None
+        if uses_fc:
+            self.fc6 = nn.Conv2d(in_ch, fc_channels, fc6_kernel_size, padding=fc6_kernel_size // 2)
+            self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
+            self.fc_act = nn.ReLU(inplace=True)
+            self.fc_dropout = nn.Dropout(fc_dropout)
+        all_channels = {f"pool{i + 1}": c for i, c in enumerate(stage_channels)}
+        all_channels["fc7"] = fc_channels or 0
+        self.out_channels: dict[str, int] = {f: all_channels[f] for f in self.out_features}
+        self.strides: dict[str, int] = {f: _STRIDES[f] for f in self.out_features}
+
+        if weights is not None:
+            enum = torchvision.models.VGG16_BN_Weights if batch_norm else torchvision.models.VGG16_Weights
+            try:
+                member = enum[weights]
+            except KeyError as exc:
+                raise ValueError(f"unknown VGG16 weights {weights!r}; choose one of {[w.name for w in enum]}") from exc
+            self.load_torchvision_state_dict(member.get_state_dict(progress=False))
+        if weights_path is not None:
+            self.load_torchvision_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+
+    def load_torchvision_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load torchvision VGG16 weights; fc6 / fc7 come from ``classifier.0`` / ``classifier.3``.
+
+        Layers this backbone does not build (deeper stages, fc8 = ``classifier.6``) are dropped.
+
+        Raises:
+            KeyError: naming the missing / unexpected keys when the layouts differ.
+        """
+        converted: dict[str, Tensor] = {}
+        for key, value in state_dict.items():
+            if key.startswith("features."):
+                if int(key.split(".")[1]) < len(self.features):
+                    converted[key] = value
+            elif self.fc6 is not None and key.startswith("classifier.0."):
+                w = self.fc6.weight
+                converted["fc6." + key.split(".")[-1]] = value.reshape(w.shape) if value.ndim == 2 else value
+            elif self.fc7 is not None and key.startswith("classifier.3."):
+                w = self.fc7.weight
+                converted["fc7." + key.split(".")[-1]] = value.reshape(w.shape) if value.ndim == 2 else value
+        result = self.load_state_dict(converted, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise KeyError(
+                f"VGG16 checkpoint does not match: missing {result.missing_keys[:8]}, "
+                f"unexpected {result.unexpected_keys[:8]} (is it a torchvision vgg16 state dict?)"
+            )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Args:
+            x: ``Tensor[B, 3, H, W]`` normalised images.
+
+        Returns:
+            ``{level: Tensor[B, out_channels[level], H // strides[level], W // strides[level]]}``.
+        """
+        out: dict[str, Tensor] = {}
+        wanted = {self._pool_index[f]: f for f in self.out_features if f != "fc7"}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        if self.fc6 is not None and self.fc7 is not None:
+            x = self.fc_dropout(self.fc_act(self.fc6(x)))
+            out["fc7"] = self.fc_dropout(self.fc_act(self.fc7(x)))
+        return out
