@@ -115,6 +115,9 @@ class MaskRoIHead(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+        # Detectron's predictor init: logits start near 0 (loss ln 2) instead of torchvision's
+        # kaiming init, whose large initial logits give mask losses of several nats
+        nn.init.normal_(self.mask_logits.weight, std=0.001)
 
     @property
     def mask_size(self) -> int:
