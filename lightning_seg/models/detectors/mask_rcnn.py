@@ -443,3 +443,43 @@ def load_torchvision_maskrcnn(
             f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
         )
     return missing, unexpected
+
+
+# ------------------------------------------------------------------------- YAML experiments
+class MaskRCNNResNetFPN(MaskRCNN):
+    """``mask_rcnn_resnet_fpn`` as a class, so an experiment YAML can name it in ``class_path``
+    (LightningCLI instantiates classes, not builder functions) and ``num_classes`` is linked
+    from the DataModule. The parts, parameter names and state-dict keys are those of
+    ``MaskRCNN``; see ``mask_rcnn_resnet_fpn`` for the arguments.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 50,
+        weights_backbone: str | None = None,
+        trainable_backbone_layers: int = 3,
+        frozen_bn: bool | None = None,
+        aligned: bool = True,
+        fpn_channels: int = 256,
+        anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_kwargs: dict | None = None,
+        box_head_kwargs: dict | None = None,
+        mask_head_kwargs: dict | None = None,
+        with_mask: bool = True,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        size_divisibility: int = 32,
+        mask_thresh: float = 0.5,
+    ) -> None:
+        built = mask_rcnn_resnet_fpn(
+            num_classes, depth=depth, weights_backbone=weights_backbone,
+            trainable_backbone_layers=trainable_backbone_layers, frozen_bn=frozen_bn,
+            aligned=aligned, fpn_channels=fpn_channels, anchor_sizes=anchor_sizes,
+            aspect_ratios=aspect_ratios, rpn_kwargs=rpn_kwargs, box_head_kwargs=box_head_kwargs,
+            mask_head_kwargs=mask_head_kwargs, with_mask=with_mask,
+        )
+        super().__init__(built.backbone, built.neck, built.rpn, built.box_head, built.mask_head,
+                         pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         size_divisibility=size_divisibility, mask_thresh=mask_thresh)
