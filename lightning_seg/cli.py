@@ -57,8 +57,9 @@ class SegCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None) -> SegCLI:
-    """Entry point of ``lseg``; ``args`` lets tests run it in-process."""
+def main(args: list[str] | None = None, run: bool = True) -> SegCLI:
+    """Entry point of ``lseg``; ``args`` lets tests run it in-process, ``run=False`` only
+    parses and instantiates (then ``args`` holds no subcommand)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import lightning as L
 
@@ -68,10 +69,13 @@ def main(args: list[str] | None = None) -> SegCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={
-            cmd: {"default_config_files": [DEFAULT_CONFIG]} for cmd in ("fit", "validate", "test", "predict")
-        },
+        parser_kwargs=(
+            {cmd: {"default_config_files": [DEFAULT_CONFIG]} for cmd in ("fit", "validate", "test", "predict")}
+            if run
+            else {"default_config_files": [DEFAULT_CONFIG]}
+        ),
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
 
