@@ -1,0 +1,220 @@
+"""Is the data pipeline the bottleneck? Data samples/s against the model's training samples/s.
+
+What is measured (all wall time, ``time.perf_counter``):
+
+- **Data rate** (``*_data_sps``): samples/s out of the DataModule's ``train_dataloader()`` with
+  ``--workers`` worker processes (default 2): read + decode + augment + collate. The first
+  ``--warmup-batches`` batches (worker start-up, first file reads) are not timed; then
+  ``--batches`` batches are timed (epochs restart as needed; worker start-up of a new epoch
+  counts, as it does in training).
+- **Training rate** (``*_train_sps``): samples/s of a training step (forward + backward + AdamW
+  step) on one fixed batch from the same loader (so no data time is included), after
+  ``--warmup-steps`` untimed steps, over ``--steps`` steps, with ``torch.set_num_threads(--threads)``
+  in the main process:
+
+  * CamVid: ``deeplabv3plus_resnet50`` (OS 16, random init), cross-entropy with ignore, on
+    ``TrainTransform`` random scale / crop ``--camvid-size`` / flip batches of ``--batch-size``;
+  * synthetic-instance: ``mask_rcnn_r50_fpn`` (random init, sum of its 5 losses) on
+    ``SyntheticShapesDataModule(task="instance")`` images of ``--synthetic-size`` with
+    ``TrainTransform`` (fit inside the size, random scale, flip).
+
+- **Ratio** (``*_ratio``) = data rate / training rate: above 1 the loader keeps up with the model
+  (on this hardware), below 1 the model waits for data.
+
+Caveat: on a machine with few cores the workers and the training step compete for the same
+cores, so the two rates are measured one after the other (each with the machine to itself, as
+much as other load allows) rather than together.
+
+Output: one JSON line (last line) with ``camvid_data_sps``, ``camvid_train_sps``,
+``camvid_ratio``, ``synthetic_instance_data_sps``, ``synthetic_instance_train_sps``,
+``synthetic_instance_ratio``, ``num_workers``, ``batch_size``, ``threads`` and the sizes.
+
+Usage:
+    python benchmarks/data_throughput.py
+    python benchmarks/data_throughput.py --batches 10 --steps 2 --skip-synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+DEFAULT_CAMVID = "/work/shared/data/semantic/camvid"
+
+
+def endless(loader: DataLoader) -> Iterator:
+    """Batches of ``loader``, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def data_rate(loader: DataLoader, warmup_batches: int, batches: int) -> float:
+    """Samples/s of ``loader`` after ``warmup_batches`` untimed batches."""
+    it = endless(loader)
+    for _ in range(warmup_batches):
+        next(it)
+    samples = 0
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        samples += len(next(it))
+    return samples / (time.perf_counter() - t0)
+
+
+def train_rate(step: Callable[[], None], batch_size: int, warmup_steps: int, steps: int) -> float:
+    """Samples/s of ``step()`` (one training step on a fixed batch)."""
+    for _ in range(warmup_steps):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def make_step(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> Callable[[], None]:
+    """A training step: forward + loss, backward, AdamW step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        loss = loss_fn(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_camvid(args: argparse.Namespace) -> dict:
+    from lightning_seg.data.datamodules.camvid import CamVidDataModule
+    from lightning_seg.data.transforms import TrainTransform
+    from lightning_seg.models.detectors.deeplab import deeplabv3plus_resnet50
+
+    size = tuple(args.camvid_size)
+    factor = size[0] / 360  # CamVid frames are 360x480: scale range relative to --camvid-size
+    dm = CamVidDataModule(
+        args.camvid_root,
+        val_split_from_train=0.2,  # the shared copy has only train (as benchmarks/camvid.py)
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        train_transform=TrainTransform(size=size, scale_range=(0.75 * factor, 1.5 * factor), crop=True, seed=0),
+        pin_memory=False,
+        persistent_workers=True,
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    data_sps = data_rate(loader, args.warmup_batches, args.batches)
+    batch = next(iter(loader))
+    del loader  # stop its workers before timing the model
+
+    torch.manual_seed(0)
+    model = deeplabv3plus_resnet50(dm.num_classes)
+    ignore = dm.ignore_index
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return F.cross_entropy(m(batch.images), batch.semantic, ignore_index=ignore)
+
+    train_sps = train_rate(make_step(model, loss_fn), len(batch), args.warmup_steps, args.steps)
+    return {
+        "camvid_data_sps": round(data_sps, 2),
+        "camvid_train_sps": round(train_sps, 2),
+        "camvid_ratio": round(data_sps / train_sps, 2),
+        "camvid_size": list(size),
+        "camvid_model": "deeplabv3plus_resnet50 (OS 16, random init)",
+    }
+
+
+def bench_synthetic_instance(args: argparse.Namespace) -> dict:
+    from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
+    from lightning_seg.data.transforms import TrainTransform
+    from lightning_seg.models.detectors.mask_rcnn import mask_rcnn_r50_fpn
+
+    h, w = args.synthetic_size
+    root = args.synthetic_root or os.path.join(tempfile.gettempdir(), f"lseg_throughput_shapes_{h}x{w}")
+    dm = SyntheticShapesDataModule(
+        task="instance",
+        root=root,
+        num_train=args.synthetic_images,
+        num_val=4,
+        height=h,
+        width=w,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        train_transform=TrainTransform(size=(h, w), scale_range=(0.75, 1.25), crop=False, seed=0),
+        pin_memory=False,
+        persistent_workers=True,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    data_sps = data_rate(loader, args.warmup_batches, args.batches)
+    batch = next(iter(loader))
+    del loader
+
+    torch.manual_seed(0)
+    model = mask_rcnn_r50_fpn(dm.num_classes)
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        losses = m(batch.images, batch.image_sizes, batch.instances)
+        return sum(losses.values())
+
+    train_sps = train_rate(make_step(model, loss_fn), len(batch), args.warmup_steps, args.steps)
+    return {
+        "synthetic_instance_data_sps": round(data_sps, 2),
+        "synthetic_instance_train_sps": round(train_sps, 2),
+        "synthetic_instance_ratio": round(data_sps / train_sps, 2),
+        "synthetic_size": [h, w],
+        "synthetic_model": "mask_rcnn_r50_fpn (random init)",
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--camvid-root", default=DEFAULT_CAMVID, help="CamVid folder (SegNet layout)")
+    p.add_argument("--camvid-size", type=int, nargs=2, default=(180, 240), metavar=("H", "W"), help="crop size")
+    p.add_argument(
+        "--synthetic-size", type=int, nargs=2, default=(256, 320), metavar=("H", "W"), help="shapes image size"
+    )
+    p.add_argument("--synthetic-images", type=int, default=64, help="train images of the shapes world")
+    p.add_argument("--synthetic-root", default=None, help="where to write the shapes world (default: a temp dir)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch.set_num_threads of the training step (1: on a busy 2-core machine 2 threads were ~3x slower)",
+    )
+    p.add_argument("--warmup-batches", type=int, default=4)
+    p.add_argument("--batches", type=int, default=40, help="timed batches")
+    p.add_argument("--warmup-steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--skip-camvid", action="store_true")
+    p.add_argument("--skip-synthetic", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result: dict = {"num_workers": args.workers, "batch_size": args.batch_size, "threads": args.threads}
+    if not args.skip_camvid:
+        result.update(bench_camvid(args))
+        print(f"camvid: {result['camvid_data_sps']} data samples/s, {result['camvid_train_sps']} train samples/s",
+              file=sys.stderr, flush=True)
+    if not args.skip_synthetic:
+        result.update(bench_synthetic_instance(args))
+    result["cpu_count"] = os.cpu_count()
+    result["torch"] = torch.__version__
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
