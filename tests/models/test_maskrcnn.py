@@ -56,7 +56,9 @@ def _blob_batch(sizes, counts, num_classes=3, seed=0):
                 if label == 2:
                     m &= (xx - x1) * bh >= (yy - y1) * bw
             ys, xs = torch.nonzero(m, as_tuple=True)
-            boxes.append([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1])
+            boxes.append(
+                [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+            )
             color = torch.tensor([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0]][label])
             images[i, :, :h, :w][:, m] = color[:, None]
             labels.append(label)
@@ -154,7 +156,7 @@ def test_padding_does_not_change_predictions():
 
 def test_bf16_autocast_forward_backward_on_cpu():
     model = tiny_mask_rcnn().train()
-    images, sizes, targets = _blob_batch([(97, 130), (88, 101)], [2, 1])
+    images, sizes, targets = _blob_batch([(61, 80), (72, 57)], [2, 1])  # bf16 CPU convs are slow
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(images, sizes, targets)
     assert set(losses) == LOSS_KEYS
@@ -197,7 +199,9 @@ def test_overfit_synthetic_image_loss_drops():
         if total.item() < 0.1 * first:
             break
     assert math.isfinite(total.item())
-    assert total.item() < 0.1 * first, f"loss {first:.3f} -> {total.item():.3f} after {step + 1} steps"
+    assert total.item() < 0.1 * first, (
+        f"loss {first:.3f} -> {total.item():.3f} after {step + 1} steps"
+    )
 
 
 # ---------------------------------------------------------------------- real COCO images

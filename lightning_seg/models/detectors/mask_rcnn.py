@@ -260,7 +260,9 @@ def mask_rcnn_resnet_fpn(
     """
     pretrained = weights_backbone is not None
     if not 0 <= trainable_backbone_layers <= 5:
-        raise ValueError(f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}")
+        raise ValueError(
+            f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}"
+        )
     backbone = ResNetBackbone(
         depth=depth,
         weights=weights_backbone,
@@ -287,7 +289,8 @@ def mask_rcnn_resnet_fpn(
     )
     mask_head = None
     if with_mask:
-        mask_kwargs = {"aligned": aligned, "target_aligned": aligned, **dict(mask_head_kwargs or {})}
+        mask_kwargs = {"aligned": aligned, "target_aligned": aligned}
+        mask_kwargs.update(mask_head_kwargs or {})
         mask_head = MaskRoIHead(
             fpn_channels, num_classes, neck.strides, in_features=roi_levels, **mask_kwargs
         )
