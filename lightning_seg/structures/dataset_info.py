@@ -87,12 +87,16 @@ class DatasetInfo:
         return perm
 
 
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct, deterministic colours (the PASCAL VOC bit-interleaving scheme)."""
+def default_palette(num_classes: int, first: int = 1) -> list[tuple[int, int, int]]:
+    """Distinct, deterministic colours: the PASCAL VOC bit-interleaving colour map.
+
+    ``first=1`` (default) skips VOC's black so that class 0 stays visible in overlays;
+    ``first=0`` gives VOC's own map (index 0 black).
+    """
     palette = []
     for i in range(num_classes):
         r = g = b = 0
-        c = i + 1
+        c = i + first
         for j in range(8):
             r |= ((c >> 0) & 1) << (7 - j)
             g |= ((c >> 1) & 1) << (7 - j)

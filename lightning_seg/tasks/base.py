@@ -94,6 +94,26 @@ class BaseTask(L.LightningModule):
                  batch_size=batch_size, sync_dist=not on_step)
         return total
 
+    # Validation / test metrics: a task creates ``self.val_metrics`` and ``self.test_metrics``
+    # (one metric object per stage) and logs the computed dict in ``log_metrics``, including its
+    # headline metric as ``{stage}/score`` (what ``experiments/defaults.yaml`` checkpoints on).
+    def on_validation_epoch_end(self) -> None:
+        self._compute_and_log(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._compute_and_log(self.test_metrics, "test")
+
+    def _compute_and_log(self, metric, stage: str) -> None:
+        result = metric.compute()
+        metric.reset()
+        self.log_metrics(result, stage)
+
+    def log_metrics(self, result: dict, stage: str) -> None:
+        """Log the scalar entries of a stage's metric result under ``{stage}/`` (tasks extend it)."""
+        for key, value in result.items():
+            if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
+                self.log(f"{stage}/{key}", float(value))
+
     # Hooks for the visualisation and prediction-writer callbacks; tasks override them.
     def render_predictions(self, batch: Batch, outputs, max_images: int) -> list[Tensor]:
         """uint8 ``Tensor[3, H, W]`` pictures of the predictions of a batch (one per image)."""

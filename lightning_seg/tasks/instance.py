@@ -105,15 +105,7 @@ class InstanceSegmentationTask(BaseTask):
     def test_step(self, batch: Batch, batch_idx: int) -> list[InstancePredictions]:
         return self._eval_step(batch, self.test_metrics)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
-
-    def _log_metrics(self, metric, stage: str) -> None:
-        result = metric.compute()
-        metric.reset()
+    def log_metrics(self, result: dict, stage: str) -> None:
         for key, value in result.items():
             self.log(f"{stage}/{key}", float(value))
         main = "segm/AP" if "segm/AP" in result else "bbox/AP"

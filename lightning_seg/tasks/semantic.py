@@ -116,15 +116,7 @@ class SemanticSegmentationTask(BaseTask):
         self.test_metrics.update(preds, batch.semantic)
         return preds
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
-
-    def _log_metrics(self, metric, stage: str) -> None:
-        result = metric.compute()
-        metric.reset()
+    def log_metrics(self, result: dict, stage: str) -> None:
         self.log(f"{stage}/mIoU", result["mIoU"], prog_bar=True)
         self.log(f"{stage}/score", result["mIoU"])
         self.log(f"{stage}/pixel_acc", result["pixel_acc"])

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from lightning_seg.data.formats.common import image_tensor, load_rgb
 from lightning_seg.data.io import DataError, read_label_map
 from lightning_seg.data.skips import SkipReport
-from lightning_seg.structures import DatasetInfo, Sample, SampleMeta
+from lightning_seg.structures import DatasetInfo, Sample, SampleMeta, default_palette
 
 CAMVID_CLASSES = [
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
@@ -63,17 +63,7 @@ def make_label_lut(
 
 def voc_palette(num_classes: int) -> list[tuple[int, int, int]]:
     """The PASCAL VOC colour map (index 0 black, bit-interleaved index bits)."""
-    palette = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
+    return default_palette(num_classes, first=0)
 
 
 class LabelPngDataset(Dataset):
