@@ -24,10 +24,12 @@ Conventions (each one the common practice, written down because it changes numbe
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from torchmetrics import Metric
 
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics.boundary import rle_to_boundary_rle
-from lightning_seg.metrics.rle import binarize_masks, encode_masks, encode_masks_transposed, validate_rles
+from lightning_seg.metrics.rle import encode_masks, encode_masks_transposed, validate_rles
 from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
 
 log = logging.getLogger("lightning_seg.metrics")
@@ -59,7 +61,8 @@ _MASK_IOU_TYPES = ("segm", "boundary")
 def detection_stat_names(max_dets: Sequence[int] = (1, 10, 100)) -> tuple[str, ...]:
     """Names of the 12 box/mask stats, in ``COCOeval.stats`` order."""
     m0, m1, m2 = max_dets
-    return ("AP", "AP50", "AP75", "APs", "APm", "APl", f"AR{m0}", f"AR{m1}", f"AR{m2}", "ARs", "ARm", "ARl")
+    ap = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    return (*ap, f"AR{m0}", f"AR{m1}", f"AR{m2}", "ARs", "ARm", "ARl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +73,9 @@ def detection_stat_names(max_dets: Sequence[int] = (1, 10, 100)) -> tuple[str, .
 def _check_max_dets(max_dets: Sequence[int]) -> tuple[int, int, int]:
     md = tuple(int(m) for m in max_dets)
     if len(md) != 3 or any(m < 1 for m in md) or list(md) != sorted(md):
-        raise ValueError(f"max_dets must be 3 increasing positive integers (COCO: 1, 10, 100), got {max_dets}")
+        raise ValueError(
+            f"max_dets must be 3 increasing positive integers (COCO: 1, 10, 100), got {max_dets}"
+        )
     return md  # type: ignore[return-value]
 
 
@@ -127,6 +132,18 @@ def _silent(*args, **kwargs) -> None:
     return None
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector while building many small dicts (2-3x faster)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _pycocotools_boundary_eval_class():
     """A pycocotools ``COCOeval`` that matches with min(mask IoU, boundary IoU)."""
     from pycocotools.cocoeval import COCOeval
@@ -140,7 +157,8 @@ def _pycocotools_boundary_eval_class():
             super()._prepare()  # segmentations are RLEs from here on
             for groups in (self._gts, self._dts):
                 anns = [a for group in groups.values() for a in group]
-                for ann, rle in zip(anns, rle_to_boundary_rle([a["segmentation"] for a in anns], self.dilation_ratio)):
+                bands = rle_to_boundary_rle([a["segmentation"] for a in anns], self.dilation_ratio)
+                for ann, rle in zip(anns, bands):
                     ann["boundary"] = rle
 
         def computeIoU(self, imgId, catId):  # noqa: N802, N803 (pycocotools API)
@@ -148,12 +166,11 @@ def _pycocotools_boundary_eval_class():
             gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
             if len(gts) == 0 or len(dts) == 0:
                 return ious
-            order = np.argsort([-d["score"] for d in dts], kind="mergesort")[: self.params.maxDets[-1]]
-            dts = [dts[i] for i in order]  # the same order as the mask IoU rows
+            order = np.argsort([-d["score"] for d in dts], kind="mergesort")
+            dts = [dts[i] for i in order[: self.params.maxDets[-1]]]  # the mask IoU rows' order
             crowd = np.array([bool(g["iscrowd"]) for g in gts])
-            band = np.asarray(
-                mask_utils.iou([d["boundary"] for d in dts], [g["boundary"] for g in gts], crowd.tolist())
-            )
+            dt_bands, gt_bands = [d["boundary"] for d in dts], [g["boundary"] for g in gts]
+            band = np.asarray(mask_utils.iou(dt_bands, gt_bands, crowd.tolist()))
             ious = np.array(ious)
             ious[:, ~crowd] = np.minimum(ious[:, ~crowd], band[:, ~crowd])
             return ious
@@ -161,7 +178,43 @@ def _pycocotools_boundary_eval_class():
     return _BoundaryCOCOeval
 
 
-def _run_cocoeval(
+@dataclass
+class _Accumulated:
+    """``COCOeval.eval`` precision/recall and the parameters of their axes."""
+
+    precision: np.ndarray  # [T, R, K, A, M], -1 where undefined
+    recall: np.ndarray  # [T, K, A, M]
+    cat_ids: list[int]  # the K axis
+    iou_thrs: np.ndarray
+    area_labels: list[str]
+    max_dets: list[int]
+
+    @staticmethod
+    def concat(parts: list[_Accumulated]) -> _Accumulated:
+        """Join evaluations of disjoint category sets along K (categories are independent in
+        ``COCOeval.accumulate``, so this equals evaluating all categories at once)."""
+        first = parts[0]
+        return _Accumulated(
+            np.concatenate([a.precision for a in parts], axis=2),
+            np.concatenate([a.recall for a in parts], axis=1),
+            [c for a in parts for c in a.cat_ids],
+            first.iou_thrs,
+            first.area_labels,
+            first.max_dets,
+        )
+
+    def stats(self, iou_type: str) -> dict[str, float]:
+        return _summarize(
+            self.precision, self.recall, self.iou_thrs, self.area_labels, self.max_dets, iou_type
+        )
+
+    def per_class_ap(self) -> dict[int, float]:
+        """AP@[.5:.95] (all areas, largest maxDets) per category id, -1 where undefined."""
+        ap = self.precision[:, :, :, 0, -1]  # [T, R, K]
+        return {c: _mean_defined(ap[:, :, k]) for k, c in enumerate(self.cat_ids)}
+
+
+def _accumulate(
     gt_dataset: dict,
     dt_anns: list[dict],
     iou_type: str,
@@ -169,8 +222,8 @@ def _run_cocoeval(
     max_dets: Sequence[int] = (1, 10, 100),
     kpt_sigmas: Sequence[float] | None = None,
     boundary_dilation_ratio: float = 0.02,
-) -> tuple[dict[str, float], dict[int, float]]:
-    """Evaluate prepared COCO ground truth and detections.
+) -> _Accumulated:
+    """Run ``COCOeval.evaluate`` and ``accumulate`` on prepared ground truth and detections.
 
     Args:
         gt_dataset: COCO dict (``images`` with height/width, ``categories``, ``annotations``
@@ -183,9 +236,6 @@ def _run_cocoeval(
         max_dets: detections per image for box/mask AR (keypoints use COCO's 20).
         kpt_sigmas: OKS sigmas, one per keypoint (COCO person sigmas when None).
         boundary_dilation_ratio: boundary width as a fraction of the image diagonal.
-
-    Returns:
-        The COCO stats by name, and AP@[.5:.95] per category id (-1 where undefined).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -193,7 +243,7 @@ def _run_cocoeval(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     max_dets = _check_max_dets(max_dets)
     is_kpt = iou_type == "keypoints"
-    dt_dataset = {"images": gt_dataset["images"], "categories": gt_dataset["categories"], "annotations": dt_anns}
+    dt_dataset = dict(gt_dataset, annotations=dt_anns)
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO, COCOeval_faster
 
@@ -223,7 +273,8 @@ def _run_cocoeval(
             coco_gt.createIndex()
             coco_dt.createIndex()
             if iou_type == "boundary":
-                evaluator = _pycocotools_boundary_eval_class()(coco_gt, coco_dt, boundary_dilation_ratio)
+                boundary_eval = _pycocotools_boundary_eval_class()
+                evaluator = boundary_eval(coco_gt, coco_dt, boundary_dilation_ratio)
             else:
                 evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
             if is_kpt and kpt_sigmas is not None:
@@ -233,12 +284,14 @@ def _run_cocoeval(
             evaluator.evaluate()
             evaluator.accumulate()
     p = evaluator.params
-    precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]
-    stats = _summarize(precision, recall, p.iouThrs, p.areaRngLbl, p.maxDets, iou_type)
-    per_class = {
-        int(cat): _mean_defined(precision[:, :, k, 0, -1]) for k, cat in enumerate(p.catIds)
-    }
-    return stats, per_class
+    return _Accumulated(
+        evaluator.eval["precision"],
+        evaluator.eval["recall"],
+        [int(c) for c in p.catIds],
+        p.iouThrs,
+        list(p.areaRngLbl),
+        list(p.maxDets),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,17 +338,23 @@ def predictions_to_coco_results(
         labels = pred.labels.tolist()
         if category_ids is not None and (min(labels) < 0 or max(labels) >= len(category_ids)):
             raise ValueError(
-                f"image {image_id}: labels must be in [0, {len(category_ids)}) to map onto category_ids"
+                f"image {image_id}: labels must be in [0, {len(category_ids)}) to map onto "
+                f"category_ids"
             )
-        cats = [category_ids[i] for i in labels] if category_ids is not None else [i + 1 for i in labels]
+        cat_map = _category_map(category_ids, max(labels) + 1)
+        cats = [cat_map[i] for i in labels]
         boxes = _xywh(pred.boxes)
         scores = pred.scores.tolist()
         rles = encode_masks(pred.masks, mask_thresh) if pred.masks is not None else None
-        kpts = pred.keypoints.detach().cpu().reshape(n, -1).tolist() if pred.keypoints is not None else None
+        kpts = None
+        if pred.keypoints is not None:
+            kpts = pred.keypoints.detach().cpu().reshape(n, -1).tolist()  # [N, K * 3]
         for i in range(n):
-            rec = {"image_id": int(image_id), "category_id": int(cats[i]), "bbox": boxes[i], "score": scores[i]}
+            rec = {"image_id": int(image_id), "category_id": int(cats[i]), "bbox": boxes[i]}
+            rec["score"] = scores[i]
             if rles is not None:
-                rec["segmentation"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("ascii")}
+                rle = rles[i]
+                rec["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
             if kpts is not None:
                 rec["keypoints"] = kpts[i]
             records.append(rec)
@@ -317,13 +376,18 @@ _IMAGE_STATES = ("img_ids", "img_sizes", "gt_counts", "dt_counts")
 _GT_STATES = ("gt_boxes", "gt_labels", "gt_crowd", "gt_area", "gt_rle", "gt_rle_len", "gt_kpts")
 _DT_STATES = ("dt_boxes", "dt_scores", "dt_labels", "dt_area", "dt_rle", "dt_rle_len", "dt_kpts")
 _STATES = _IMAGE_STATES + _GT_STATES + _DT_STATES
-_STATE_LAYOUT = {  # dtype and trailing shape of each state, for empty concatenations
-    "img_ids": (torch.int64, ()), "img_sizes": (torch.int64, (2,)), "gt_counts": (torch.int64, ()),
-    "dt_counts": (torch.int64, ()), "gt_boxes": (torch.float32, (4,)), "gt_labels": (torch.int64, ()),
-    "gt_crowd": (torch.bool, ()), "gt_area": (torch.float64, ()), "gt_rle": (torch.uint8, ()),
-    "gt_rle_len": (torch.int64, ()), "gt_kpts": (torch.float32, None), "dt_boxes": (torch.float32, (4,)),
-    "dt_scores": (torch.float32, ()), "dt_labels": (torch.int64, ()), "dt_area": (torch.float64, ()),
-    "dt_rle": (torch.uint8, ()), "dt_rle_len": (torch.int64, ()), "dt_kpts": (torch.float32, None),
+_COMPACT_EVERY = 32  # a tensor costs ~1 KiB of overhead: keep a few large ones, not many small
+# dtype and trailing shape of each state (None: K * 3 keypoint values), for empty states
+_STATE_LAYOUT = {
+    "img_ids": (torch.int64, ()), "img_sizes": (torch.int64, (2,)),
+    "gt_counts": (torch.int64, ()), "dt_counts": (torch.int64, ()),
+    "gt_boxes": (torch.float32, (4,)), "dt_boxes": (torch.float32, (4,)),
+    "gt_labels": (torch.int64, ()), "dt_labels": (torch.int64, ()),
+    "gt_crowd": (torch.bool, ()), "dt_scores": (torch.float32, ()),
+    "gt_area": (torch.float64, ()), "dt_area": (torch.float64, ()),
+    "gt_rle": (torch.uint8, ()), "dt_rle": (torch.uint8, ()),
+    "gt_rle_len": (torch.int64, ()), "dt_rle_len": (torch.int64, ()),
+    "gt_kpts": (torch.float32, None), "dt_kpts": (torch.float32, None),
 }  # fmt: skip
 
 
@@ -347,6 +411,9 @@ class COCOEvaluator(Metric):
         per_class: also return ``<iou_type>/AP/<class>`` for every class.
         class_names: names used in the per-class keys (default: the class index).
         mask_thresh: threshold for float (probability) masks.
+        max_anns_per_pass: ``compute`` evaluates groups of categories with at most this many
+            annotations at once (categories are independent in COCOeval, so the numbers do
+            not change; the peak memory of ``compute`` does).
 
     ``compute`` returns ``{"bbox/AP": ..., "bbox/AP50": ..., "segm/APs": ..., ...}`` with the
     names of ``detection_stat_names`` / ``KEYPOINT_STAT_NAMES``; -1 where undefined.
@@ -367,19 +434,25 @@ class COCOEvaluator(Metric):
         per_class: bool = False,
         class_names: list[str] | None = None,
         mask_thresh: float = 0.5,
+        max_anns_per_pass: int = 50_000,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         iou_types = tuple(iou_types)
         unknown = [t for t in iou_types if t not in IOU_TYPES]
         if not iou_types or unknown:
-            raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {iou_types}")
+            raise ValueError(
+                f"iou_types must be a non-empty subset of {IOU_TYPES}, got {iou_types}"
+            )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if category_ids is not None and len(set(category_ids)) != len(category_ids):
             raise ValueError("category_ids must be unique")
-        if class_names is not None and category_ids is not None and len(class_names) != len(category_ids):
-            raise ValueError(f"class_names has {len(class_names)} entries, category_ids {len(category_ids)}")
+        if class_names is not None and category_ids is not None:
+            if len(class_names) != len(category_ids):
+                raise ValueError(
+                    f"class_names has {len(class_names)} entries, category_ids {len(category_ids)}"
+                )
         self.iou_types = iou_types
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
         self.backend = backend
@@ -389,10 +462,12 @@ class COCOEvaluator(Metric):
         self.per_class = per_class
         self.class_names = class_names
         self.mask_thresh = mask_thresh
+        self.max_anns_per_pass = max_anns_per_pass
         self._needs_masks = any(t in _MASK_IOU_TYPES for t in iou_types)
         self._needs_kpts = "keypoints" in iou_types
         self._num_keypoints: int | None = None if self.kpt_sigmas is None else len(self.kpt_sigmas)
         self._next_index = 0  # default image ids: a running index, unique across ranks
+        self._num_small: dict[str, int] = {}  # per state: tensors appended since the last merge
         for name in _STATES:
             self.add_state(name, default=[], dist_reduce_fx=None)
 
@@ -430,18 +505,24 @@ class COCOEvaluator(Metric):
             if k != len(COCO_PERSON_SIGMAS):
                 raise ValueError(
                     f"image {image_id}: {what} have {k} keypoints; pass kpt_sigmas (one OKS sigma "
-                    f"per keypoint, DatasetInfo.keypoint_sigmas) for datasets other than COCO people"
+                    f"per keypoint, DatasetInfo.keypoint_sigmas) for datasets other than COCO "
+                    f"people"
                 )
             self._num_keypoints = k
         elif k != self._num_keypoints:
-            raise ValueError(f"image {image_id}: {what} have {k} keypoints, expected {self._num_keypoints}")
+            raise ValueError(
+                f"image {image_id}: {what} have {k} keypoints, expected {self._num_keypoints}"
+            )
         return kpts.detach().to("cpu", torch.float32).reshape(n, 3 * k)  # [N, K*3]
 
-    def _encode(self, masks: Tensor | None, n: int, what: str, image_id: int) -> tuple[list[dict], np.ndarray]:
+    def _encode(
+        self, masks: Tensor | None, n: int, what: str, image_id: int
+    ) -> tuple[list[dict], np.ndarray]:
         if not self._needs_masks or n == 0:
-            return [], np.zeros(0)
+            return [], np.zeros(n)
         if masks is None:
-            raise ValueError(f"image {image_id}: {'/'.join(self.iou_types)} AP needs {what}.masks, got None")
+            types = "/".join(self.iou_types)
+            raise ValueError(f"image {image_id}: {types} AP needs {what}.masks, got None")
         rles = encode_masks_transposed(masks, self.mask_thresh)
         return rles, mask_utils.area(rles).astype(np.float64)
 
@@ -472,8 +553,9 @@ class COCOEvaluator(Metric):
             image_id = int(image_id)
             if tuple(pred.image_size) != tuple(target.image_size):
                 raise ValueError(
-                    f"image {image_id}: predictions are in a {tuple(pred.image_size)} frame, targets in "
-                    f"{tuple(target.image_size)}; map predictions back to the target frame first"
+                    f"image {image_id}: predictions are in a {tuple(pred.image_size)} frame, "
+                    f"targets in {tuple(target.image_size)}; map predictions back to the target "
+                    f"frame first"
                 )
             g, d = len(target), len(pred)
             self._check_labels(target.labels, "target", image_id)
@@ -490,7 +572,8 @@ class COCOEvaluator(Metric):
             elif target.masks is not None:
                 gt_area = target.masks.flatten(1).sum(1).to("cpu", torch.float64)  # [N]
             else:
-                gt_area = torch.tensor([w * h for _, _, w, h in _xywh(gt_boxes)], dtype=torch.float64)
+                box_areas = [w * h for _, _, w, h in _xywh(gt_boxes)]
+                gt_area = torch.tensor(box_areas, dtype=torch.float64)
             dt_rles, dt_mask_area = self._encode(pred.masks, d, "predictions", image_id)
 
             batch["img_ids"].append(torch.tensor([image_id]))
@@ -506,7 +589,7 @@ class COCOEvaluator(Metric):
             batch["dt_boxes"].append(pred_boxes)
             batch["dt_scores"].append(scores)
             batch["dt_labels"].append(pred.labels.detach().to("cpu", torch.int64))
-            batch["dt_area"].append(torch.from_numpy(dt_mask_area) if len(dt_rles) else torch.zeros(d, dtype=torch.float64))
+            batch["dt_area"].append(torch.from_numpy(dt_mask_area))
             batch["dt_rle_len"].append(torch.tensor([len(r["counts"]) for r in dt_rles] or [0] * d))
             batch["dt_kpts"].append(self._keypoints(pred.keypoints, d, "predictions", image_id))
             gt_rle_bytes.extend(r["counts"] for r in gt_rles)
@@ -517,7 +600,16 @@ class COCOEvaluator(Metric):
         for name in _STATES:
             parts = [p for p in batch[name] if p.shape[0]]
             if parts:
-                getattr(self, name).append(torch.cat(parts).to(_STATE_LAYOUT[name][0]))
+                state = getattr(self, name)
+                state.append(torch.cat(parts).to(_STATE_LAYOUT[name][0]))
+                self._num_small[name] = self._num_small.get(name, 0) + 1
+                if self._num_small[name] == _COMPACT_EVERY:  # merge the newest small tensors
+                    state[-_COMPACT_EVERY:] = [torch.cat(state[-_COMPACT_EVERY:])]
+                    self._num_small[name] = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self._num_small = {}
 
     # ---------------------------------------------------------------- sync
 
@@ -528,7 +620,8 @@ class COCOEvaluator(Metric):
         gathered: list[dict | None] = [None] * dist.get_world_size(group)
         dist.all_gather_object(gathered, local, group=group)
         for name in _STATES:
-            setattr(self, name, [part[name] for part in gathered if part is not None and part[name].numel()])
+            parts = [part[name] for part in gathered if part is not None]
+            setattr(self, name, [p for p in parts if p.numel()])
 
     def _cat_state(self, name: str) -> Tensor:
         dtype, trailing = _STATE_LAYOUT[name]
@@ -564,7 +657,8 @@ class COCOEvaluator(Metric):
 
         def ground_truth(i: int) -> list[np.ndarray]:
             a, b = gt_off[i], gt_off[i + 1]
-            fields = [data[k][a:b] for k in ("gt_boxes", "gt_labels", "gt_crowd", "gt_rle_len", "gt_kpts")]
+            keys = ("gt_boxes", "gt_labels", "gt_crowd", "gt_rle_len", "gt_kpts")
+            fields = [data[k][a:b] for k in keys]
             return [data["img_sizes"][i], data["gt_rle"][rle_off[a] : rle_off[b]], *fields]
 
         keep = np.ones(data["img_ids"].size, dtype=bool)
@@ -575,8 +669,9 @@ class COCOEvaluator(Metric):
                 continue
             if not all(np.array_equal(x, y) for x, y in zip(ground_truth(i), ground_truth(j))):
                 raise DataError(
-                    f"COCOEvaluator: image id {image_id} was added twice with different ground truth. "
-                    f"Pass the dataset's own id of every image as image_ids (ids must be unique)."
+                    f"COCOEvaluator: image id {image_id} was added twice with different ground "
+                    f"truth. Pass the dataset's own id of every image as image_ids (ids must be "
+                    f"unique)."
                 )
             keep[i] = False
         return keep
@@ -592,104 +687,145 @@ class COCOEvaluator(Metric):
         labels = np.union1d(data["gt_labels"], data["dt_labels"])
         return [int(i) + 1 for i in labels]
 
-    def _build(self, data: dict[str, np.ndarray]) -> tuple[list[dict], list[dict], list[dict]]:
-        """COCO images, ground-truth annotations and base detection records (shared fields)."""
-        # Images in the transposed frame of the internal RLEs (height = W, width = H).
-        images = [
-            {"id": int(i), "height": int(w), "width": int(h)}
-            for i, (h, w) in zip(data["img_ids"].tolist(), data["img_sizes"].tolist())
-        ]
-        num_labels = int(max(data["gt_labels"].max(initial=-1), data["dt_labels"].max(initial=-1))) + 1
-        cat_map = _category_map(self.category_ids, num_labels)
-        gt_image = np.repeat(data["img_ids"], data["gt_counts"]).tolist()
-        dt_image = np.repeat(data["img_ids"], data["dt_counts"]).tolist()
-        gt_size = np.repeat(data["img_sizes"], data["gt_counts"], axis=0).tolist()
-        dt_size = np.repeat(data["img_sizes"], data["dt_counts"], axis=0).tolist()
-        gt_boxes = _xywh(torch.from_numpy(data["gt_boxes"]))
-        dt_boxes = _xywh(torch.from_numpy(data["dt_boxes"]))
-
-        gts = []
-        for j, (image_id, label, crowd, area, box) in enumerate(
-            zip(gt_image, data["gt_labels"].tolist(), data["gt_crowd"].tolist(), data["gt_area"].tolist(), gt_boxes)
-        ):
-            gts.append({
-                "id": j + 1, "image_id": image_id, "category_id": cat_map[label], "bbox": box,
-                "area": area, "iscrowd": int(crowd),
-            })  # fmt: skip
-        dts = []
-        for j, (image_id, label, score, box) in enumerate(
-            zip(dt_image, data["dt_labels"].tolist(), data["dt_scores"].tolist(), dt_boxes)
-        ):
-            dts.append({
-                "id": j + 1, "image_id": image_id, "category_id": cat_map[label], "score": score,
-                "iscrowd": 0, "bbox": box,
-            })  # fmt: skip
-        if self._needs_masks:
-            for anns, prefix, sizes in ((gts, "gt", gt_size), (dts, "dt", dt_size)):
-                buf = data[f"{prefix}_rle"].tobytes()
-                offsets = np.concatenate(([0], np.cumsum(data[f"{prefix}_rle_len"]))).tolist()
-                for j, ann in enumerate(anns):
-                    h, w = sizes[j]
-                    ann["segmentation"] = {"size": [w, h], "counts": buf[offsets[j] : offsets[j + 1]]}
-            for ann, area in zip(dts, data["dt_area"].tolist()):
-                ann["mask_area"] = area
-        if self._needs_kpts:
-            for ann, kpts in zip(gts, data["gt_kpts"].tolist()):
-                ann["keypoints"] = kpts
-                ann["num_keypoints"] = int(sum(v > 0 for v in kpts[2::3]))
-            for ann, kpts in zip(dts, data["dt_kpts"].tolist()):
-                ann["keypoints"] = kpts
-        return images, gts, dts
+    def _annotation_arrays(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-annotation arrays derived from the states: image id, category id, RLE spans."""
+        max_label = max(data["gt_labels"].max(initial=-1), data["dt_labels"].max(initial=-1))
+        cat_map = np.asarray(_category_map(self.category_ids, int(max_label) + 1), dtype=np.int64)
+        for prefix in ("gt", "dt"):
+            counts = data[f"{prefix}_counts"]
+            data[f"{prefix}_image"] = np.repeat(data["img_ids"], counts)
+            data[f"{prefix}_category"] = cat_map[data[f"{prefix}_labels"]]
+            sizes = np.repeat(data["img_sizes"][:, ::-1], counts, axis=0)  # [N, 2] (W, H)
+            data[f"{prefix}_rle_size"] = sizes
+            data[f"{prefix}_rle_offset"] = np.cumsum(np.r_[0, data[f"{prefix}_rle_len"]])
+        return data
 
     @staticmethod
-    def _detections_for(iou_type: str, dts: list[dict]) -> list[dict]:
-        """Detection records for one IoU type, with ``area`` as ``COCO.loadRes`` sets it."""
-        out = []
-        for d in dts:
-            rec = {k: d[k] for k in ("id", "image_id", "category_id", "score", "iscrowd")}
-            x, y, w, h = d["bbox"]
-            if iou_type in _MASK_IOU_TYPES:
-                rec["segmentation"] = d["segmentation"]
-                rec["area"] = d["mask_area"]
-            else:
-                rec["bbox"] = d["bbox"]
-                rec["area"] = w * h
-                if iou_type == "keypoints":
-                    rec["keypoints"] = d["keypoints"]
-            out.append(rec)
-        return out
+    def _records(
+        data: dict[str, np.ndarray], prefix: str, sel: np.ndarray, iou_type: str
+    ) -> list[dict]:
+        """COCO ground-truth annotations (``prefix="gt"``) or detections (``"dt"``) of the
+        annotations ``sel`` (indices), for one IoU type.
+
+        Detections get ``area`` as ``COCO.loadRes`` sets it: the mask area for mask types,
+        the box area otherwise. Ids are index + 1 (0 would read as "unmatched" in COCOeval).
+        """
+        is_gt = prefix == "gt"
+        boxes = _xywh(torch.from_numpy(data[f"{prefix}_boxes"][sel]))
+        columns = [
+            (sel + 1).tolist(),
+            data[f"{prefix}_image"][sel].tolist(),
+            data[f"{prefix}_category"][sel].tolist(),
+        ]
+        records = [
+            {"id": i, "image_id": image_id, "category_id": cat}
+            for i, image_id, cat in zip(*columns)
+        ]
+        if is_gt:
+            areas, crowd = data["gt_area"][sel].tolist(), data["gt_crowd"][sel].tolist()
+            for rec, box, area, is_crowd in zip(records, boxes, areas, crowd):
+                rec.update(bbox=box, area=area, iscrowd=int(is_crowd))
+        else:
+            for rec, score in zip(records, data["dt_scores"][sel].tolist()):
+                rec.update(score=score, iscrowd=0)
+        if iou_type in _MASK_IOU_TYPES:
+            buf = data[f"{prefix}_rle"].tobytes()
+            starts = data[f"{prefix}_rle_offset"][sel].tolist()
+            stops = data[f"{prefix}_rle_offset"][sel + 1].tolist()
+            sizes = data[f"{prefix}_rle_size"][sel].tolist()
+            for rec, a, b, size in zip(records, starts, stops, sizes):
+                rec["segmentation"] = {"size": size, "counts": buf[a:b]}
+            if not is_gt:
+                for rec, area in zip(records, data["dt_area"][sel].tolist()):
+                    rec["area"] = area
+        elif not is_gt:
+            for rec, box in zip(records, boxes):
+                rec.update(bbox=box, area=box[2] * box[3])
+        if iou_type == "keypoints":
+            for rec, kpts in zip(records, data[f"{prefix}_kpts"][sel].tolist()):
+                rec["keypoints"] = kpts
+                if is_gt:
+                    rec["num_keypoints"] = sum(1 for v in kpts[2::3] if v > 0)
+        return records
+
+    def _category_groups(self, data: dict[str, np.ndarray], cat_ids: list[int]) -> list[list[int]]:
+        """Consecutive categories (sorted ids) with at most ``max_anns_per_pass`` annotations
+        each (one category may exceed it); groups without ground truth are left out."""
+        ids = np.asarray(sorted(cat_ids), dtype=np.int64)
+        gt_per_cat = np.bincount(np.searchsorted(ids, data["gt_category"]), minlength=ids.size)
+        dt_per_cat = np.bincount(np.searchsorted(ids, data["dt_category"]), minlength=ids.size)
+        groups: list[list[int]] = []
+        current: list[int] = []
+        size = 0
+        for cat, g, d in zip(ids.tolist(), gt_per_cat.tolist(), dt_per_cat.tolist()):
+            if current and size + g + d > self.max_anns_per_pass:
+                groups.append(current)
+                current, size = [], 0
+            current.append(cat)
+            size += g + d
+        groups.append(current)
+        has_gt = set(data["gt_category"].tolist())
+        return [grp for grp in groups if has_gt.intersection(grp)]
 
     def compute(self) -> dict[str, float]:
         """Evaluate everything added so far (all processes); returns stats by name."""
+        with _gc_paused():
+            return self._compute()
+
+    def _compute(self) -> dict[str, float]:
         data = self._gathered_arrays()
         out: dict[str, float] = {}
         if data["img_ids"].size == 0:
-            log.warning("COCOEvaluator.compute() called before any update; returning -1 for every stat")
+            log.warning("COCOEvaluator.compute() called before any update; every stat is -1")
             for iou_type in self.iou_types:
-                names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else detection_stat_names(self.max_dets)
-                out.update({f"{iou_type}/{n}": -1.0 for n in names})
+                out.update({f"{iou_type}/{k}": v for k, v in self._undefined(iou_type).items()})
             return out
-        images, gts, dts = self._build(data)
+        data = self._annotation_arrays(data)
+        # Images in the transposed frame of the internal RLEs (height = W, width = H).
+        images = [
+            {"id": i, "height": w, "width": h}
+            for i, (h, w) in zip(data["img_ids"].tolist(), data["img_sizes"].tolist())
+        ]
         cat_ids = self._category_ids(data)
-        categories = [{"id": c, "name": str(c)} for c in cat_ids]
+        groups = self._category_groups(data, cat_ids)
         for iou_type in self.iou_types:
-            gt_dataset = {"images": images, "categories": categories, "annotations": [dict(g) for g in gts]}
-            stats, per_class = _run_cocoeval(
-                gt_dataset,
-                self._detections_for(iou_type, dts),
-                iou_type,
-                backend=self.backend,
-                max_dets=self.max_dets,
-                kpt_sigmas=self.kpt_sigmas,
-                boundary_dilation_ratio=self.boundary_dilation_ratio,
-            )
+            parts = []
+            for group in groups:  # categories are evaluated independently: bounded memory
+                gt_sel = np.flatnonzero(np.isin(data["gt_category"], group))
+                dt_sel = np.flatnonzero(np.isin(data["dt_category"], group))
+                gt_dataset = {
+                    "images": images,
+                    "categories": [{"id": c, "name": str(c)} for c in group],
+                    "annotations": self._records(data, "gt", gt_sel, iou_type),
+                }
+                parts.append(
+                    _accumulate(
+                        gt_dataset,
+                        self._records(data, "dt", dt_sel, iou_type),
+                        iou_type,
+                        backend=self.backend,
+                        max_dets=self.max_dets,
+                        kpt_sigmas=self.kpt_sigmas,
+                        boundary_dilation_ratio=self.boundary_dilation_ratio,
+                    )
+                )
+                del gt_dataset
+            result = _Accumulated.concat(parts) if parts else None
+            stats = result.stats(iou_type) if result is not None else self._undefined(iou_type)
             out.update({f"{iou_type}/{k}": v for k, v in stats.items()})
             if self.per_class:
+                per_class = result.per_class_ap() if result is not None else {}
                 for index, cat in self._class_index_and_category(cat_ids):
                     names = self.class_names
                     name = names[index] if names is not None and index < len(names) else str(index)
                     out[f"{iou_type}/AP/{name}"] = per_class.get(cat, -1.0)
         return out
+
+    def _undefined(self, iou_type: str) -> dict[str, float]:
+        """-1 for every stat (no ground truth, or nothing added)."""
+        is_kpt = iou_type == "keypoints"
+        names = KEYPOINT_STAT_NAMES if is_kpt else detection_stat_names(self.max_dets)
+        return {n: -1.0 for n in names}
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,7 +840,9 @@ def _load_json(path: str, what: str):
     try:
         return orjson.loads(p.read_bytes())
     except orjson.JSONDecodeError as exc:
-        raise DataError(f"{path}: {what} file is not valid JSON ({exc}). Re-export the file.") from exc
+        raise DataError(
+            f"{path}: {what} file is not valid JSON ({exc}). Re-export the file."
+        ) from exc
 
 
 def _is_number(v) -> bool:
@@ -713,6 +851,17 @@ def _is_number(v) -> bool:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_box(box) -> bool:
+    """A COCO ``[x, y, w, h]`` of finite numbers with ``w, h >= 0``."""
+    if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
+        return False
+    return box[2] >= 0 and box[3] >= 0
+
+
+def _is_keypoints(kpts, num_kpts: int) -> bool:
+    return isinstance(kpts, list) and len(kpts) == 3 * num_kpts and all(map(_is_number, kpts))
 
 
 def _raise_collected(path: str, what: str, errors: list[str], fix: str) -> None:
@@ -728,32 +877,38 @@ def _check_segmentation(seg, h: int, w: int) -> str | None:
         if not seg:
             return "'segmentation' is an empty polygon list"
         for poly in seg:
-            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or not all(map(_is_number, poly)):
+            valid = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+            if not valid or not all(map(_is_number, poly)):
                 return "each polygon must be a flat list of >= 3 finite (x, y) pairs"
         return None
     if isinstance(seg, dict):
         if list(seg.get("size", [])) != [h, w]:
-            return f"RLE 'size' {seg.get('size')} differs from the image's [height, width] [{h}, {w}]"
+            return f"RLE 'size' {seg.get('size')} differs from the image's [height, width] {[h, w]}"
         return None  # the runs are checked in one batch by validate_rles
     return f"'segmentation' must be polygons or an RLE dict, got {type(seg).__name__}"
 
 
 def _rle_errors(items: list[tuple[int, dict]], label: str) -> list[str]:
-    return [f"{label} {items[i][0]}: {reason}" for i, reason in validate_rles([r for _, r in items])]
+    bad = validate_rles([rle for _, rle in items])
+    return [f"{label} {items[i][0]}: {reason}" for i, reason in bad]
 
 
 def _load_gt(gt_json: str, iou_type: str, num_kpts: int) -> dict:
     """Load and check a COCO ground-truth file; annotation ids are renumbered 1..N."""
     gt = _load_json(gt_json, "ground-truth")
-    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{gt_json}: a COCO ground-truth file is an object with 'images', 'annotations' and 'categories' lists.")
+    keys = ("images", "annotations", "categories")
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
+        raise DataError(
+            f"{gt_json}: a COCO ground-truth file is an object with 'images', 'annotations' and "
+            f"'categories' lists."
+        )
     errors: list[str] = []
     sizes: dict[int, tuple[int, int]] = {}
     for i, img in enumerate(gt["images"]):
         if not isinstance(img, dict) or not _is_int(img.get("id")):
             errors.append(f"image record {i}: needs an integer 'id'")
-        elif not (_is_int(img.get("height")) and _is_int(img.get("width")) and img["height"] > 0 and img["width"] > 0):
-            errors.append(f"image record {i} (id {img['id']}): needs positive integer 'height' and 'width'")
+        elif not all(_is_int(img.get(k)) and img[k] > 0 for k in ("height", "width")):
+            errors.append(f"image record {i} (id {img['id']}): needs positive integer height/width")
         else:
             sizes[img["id"]] = (img["height"], img["width"])
     cats = {c.get("id") for c in gt["categories"] if isinstance(c, dict)}
@@ -771,7 +926,7 @@ def _load_gt(gt_json: str, iou_type: str, num_kpts: int) -> dict:
             errors.append(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
             continue
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0):
+        if not _is_box(bbox):
             errors.append(f"{where}: 'bbox' must be [x, y, w, h] finite numbers with w, h >= 0")
             continue
         if not _is_number(ann.get("area")):
@@ -788,13 +943,14 @@ def _load_gt(gt_json: str, iou_type: str, num_kpts: int) -> dict:
                 rles.append((i, ann["segmentation"]))
         if iou_type == "keypoints":
             kpts = ann.get("keypoints")
-            if not (isinstance(kpts, list) and len(kpts) == 3 * num_kpts and all(map(_is_number, kpts))):
-                errors.append(f"{where}: 'keypoints' must be {3 * num_kpts} finite numbers (x, y, v per keypoint)")
+            if not _is_keypoints(kpts, num_kpts):
+                errors.append(f"{where}: 'keypoints' must be {3 * num_kpts} numbers (x, y, v each)")
                 continue
             ann["num_keypoints"] = sum(1 for v in kpts[2::3] if v > 0)
         anns.append(ann)
     errors += _rle_errors(rles, "annotation record")
-    _raise_collected(gt_json, "ground-truth records", errors, "Fix or remove these records in the ground-truth file.")
+    fix = "Fix or remove these records in the ground-truth file."
+    _raise_collected(gt_json, "ground-truth records", errors, fix)
     return {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
 
 
@@ -827,10 +983,11 @@ def _load_results(dt_json: str, gt: dict, iou_type: str, num_kpts: int) -> list[
         if not _is_number(score):
             errors.append(f"{where}: 'score' must be a finite number, got {score!r}")
             continue
-        dt = {"id": len(dts) + 1, "image_id": image_id, "category_id": cat, "score": score, "iscrowd": 0}
+        dt = {"id": len(dts) + 1, "image_id": image_id, "category_id": cat, "score": score}
+        dt["iscrowd"] = 0
         bbox = rec.get("bbox")
         has_box = isinstance(bbox, list) and bbox != []
-        if has_box and not (len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0):
+        if has_box and not _is_box(bbox):
             errors.append(f"{where}: 'bbox' must be [x, y, w, h] finite numbers with w, h >= 0")
             continue
         seg = rec.get("segmentation")
@@ -852,8 +1009,9 @@ def _load_results(dt_json: str, gt: dict, iou_type: str, num_kpts: int) -> list[
             dt["bbox"] = bbox if has_box else None  # filled from the mask below
         elif iou_type == "keypoints":
             kpts = rec.get("keypoints")
-            if not (isinstance(kpts, list) and len(kpts) == 3 * num_kpts and all(map(_is_number, kpts))):
-                errors.append(f"{where}: 'keypoints' must be {3 * num_kpts} finite numbers (x, y, score per keypoint)")
+            if not _is_keypoints(kpts, num_kpts):
+                n3 = 3 * num_kpts
+                errors.append(f"{where}: 'keypoints' must be {n3} numbers (x, y, score each)")
                 continue
             dt["keypoints"] = kpts
             if has_box:
@@ -862,7 +1020,8 @@ def _load_results(dt_json: str, gt: dict, iou_type: str, num_kpts: int) -> list[
                 dt["area"], dt["bbox"] = _keypoint_extent(kpts)
         dts.append(dt)
     errors += _rle_errors(rles, "record")
-    _raise_collected(dt_json, "results records", errors, "Fix or remove these records in the results file.")
+    fix = "Fix or remove these records in the results file."
+    _raise_collected(dt_json, "results records", errors, fix)
     if iou_type in _MASK_IOU_TYPES or iou_type == "bbox":
         with_mask = [d for d in dts if "segmentation" in d]
         if with_mask:
@@ -913,17 +1072,27 @@ def evaluate_coco_files(
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     num_kpts = len(kpt_sigmas) if kpt_sigmas is not None else len(COCO_PERSON_SIGMAS)
-    gt = _load_gt(gt_json, iou_type, num_kpts)
-    dts = _load_results(dt_json, gt, iou_type, num_kpts)
-    stats, _ = _run_cocoeval(gt, dts, iou_type, backend=backend, max_dets=max_dets, kpt_sigmas=kpt_sigmas)
-    return stats
+    with _gc_paused():
+        gt = _load_gt(gt_json, iou_type, num_kpts)
+        dts = _load_results(dt_json, gt, iou_type, num_kpts)
+        result = _accumulate(
+            gt, dts, iou_type, backend=backend, max_dets=max_dets, kpt_sigmas=kpt_sigmas
+        )
+    return result.stats(iou_type)
 
 
+# name -> (is AP, IoU threshold or None for 0.50:0.95, area range)
 _STAT_DESCRIPTIONS = {
-    "AP": (1, None, "all"), "AP50": (1, 0.5, "all"), "AP75": (1, 0.75, "all"), "APs": (1, None, "small"),
-    "APm": (1, None, "medium"), "APl": (1, None, "large"), "AR": (0, None, "all"), "AR50": (0, 0.5, "all"),
-    "AR75": (0, 0.75, "all"), "ARs": (0, None, "small"), "ARm": (0, None, "medium"), "ARl": (0, None, "large"),
+    "AP": (1, None, "all"), "AP50": (1, 0.5, "all"), "AP75": (1, 0.75, "all"),
+    "APs": (1, None, "small"), "APm": (1, None, "medium"), "APl": (1, None, "large"),
+    "AR": (0, None, "all"), "AR50": (0, 0.5, "all"), "AR75": (0, 0.75, "all"),
+    "ARs": (0, None, "small"), "ARm": (0, None, "medium"), "ARl": (0, None, "large"),
 }  # fmt: skip
+
+
+def _is_ar_at(name: str) -> bool:
+    """``AR<maxDets>`` (AR1, AR10, AR100...), not AR50 / AR75 (IoU thresholds)."""
+    return name.startswith("AR") and name[2:].isdigit() and name not in ("AR50", "AR75")
 
 
 def format_coco_table(stats: dict) -> str:
@@ -941,16 +1110,17 @@ def format_coco_table(stats: dict) -> str:
     for prefix, group in groups.items():
         if prefix:
             lines.append(f"[{prefix}]")
-        ar_max = [int(k[2:]) for k in group if k.startswith("AR") and k[2:].isdigit() and k not in ("AR50", "AR75")]
+        ar_max = [int(k[2:]) for k in group if _is_ar_at(k)]
         is_kpt = "AR" in group
         top = 20 if is_kpt else (max(ar_max) if ar_max else 100)
         for name, value in group.items():
-            if name in _STAT_DESCRIPTIONS or (name.startswith("AR") and name[2:].isdigit()):
+            if name in _STAT_DESCRIPTIONS or _is_ar_at(name):
                 ap, iou, area = _STAT_DESCRIPTIONS.get(name, (0, None, "all"))
                 md = int(name[2:]) if name not in _STAT_DESCRIPTIONS else top
                 title = "Average Precision  (AP)" if ap else "Average Recall     (AR)"
                 iou_str = "0.50:0.95" if iou is None else f"{iou:0.2f}"
-                lines.append(f" {title} @[ IoU={iou_str:<9} | area={area:>6s} | maxDets={md:>3d} ] = {value:0.3f}")
+                setting = f"IoU={iou_str:<9} | area={area:>6s} | maxDets={md:>3d}"
+                lines.append(f" {title} @[ {setting} ] = {value:0.3f}")
             else:
                 lines.append(f" {name:<52} = {value:0.3f}")
     return "\n".join(lines)

@@ -1,15 +1,17 @@
 """Run-length encoding of masks in the COCO format, fast and checked.
 
 COCO stores a mask as the run lengths of its pixels read in column-major (Fortran) order,
-compressed into an ASCII string (``pycocotools.mask``). Two helpers encode batches of masks:
+compressed into an ASCII string (``pycocotools.mask``). Two helpers encode batches of masks,
+byte-identical to ``pycocotools.mask.encode`` but several times faster on instance masks:
+they find each mask's first and last foreground byte on 8-byte words and compute the runs of
+that span only (objects are small against the image), then let ``frPyObjects`` compress them.
 
 * ``encode_masks`` gives the standard RLE of each mask (for results files).
-* ``encode_masks_transposed`` gives the RLE of each mask's *transpose* without copying: a
-  C-contiguous ``[N, H, W]`` tensor already lies in memory as a column-major ``[W, H, N]``
-  array, which is what ``pycocotools.mask.encode`` reads. Mask IoU, crowd IoU, area and the
-  Boundary-IoU band (a square structuring element and a radius from the image diagonal) are
-  all unchanged by transposing both masks of a pair, so the streaming metric works on these
-  RLEs and skips one transposing copy per mask (about 3x faster encoding on CPU).
+* ``encode_masks_transposed`` gives the RLE of each mask's *transpose* without a copy: a
+  C-contiguous ``[N, H, W]`` tensor read row by row is the column-major order of the
+  transposed masks. Mask IoU, crowd IoU, area and the Boundary-IoU band (a square structuring
+  element and a radius from the image diagonal) are unchanged by transposing both masks of a
+  pair, so the streaming metric works on these RLEs and skips one transposing copy per mask.
 
 ``validate_rles`` checks compressed RLE strings with a vectorised decoder (valid characters,
 no truncated run, no negative run, runs summing to ``H * W``) so that a malformed results file
@@ -44,11 +46,67 @@ def binarize_masks(masks: Tensor, mask_thresh: float = 0.5) -> Tensor:
     return masks != 0
 
 
-def _encode_column_major(arr: np.ndarray) -> list[dict]:
-    """``pycocotools.mask.encode`` of a Fortran-ordered ``uint8[h, w, N]`` array."""
-    if arr.shape[2] == 0:
+def _nonzero_spans(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``uint8[N, L]``: a span ``[start, stop)`` holding all its non-zero bytes.
+
+    Found on 8-byte words (so a span may include up to 7 zero bytes at each end); an all-zero
+    row gets ``start == stop == 0``.
+    """
+    n, length = flat.shape
+    num_words = length // 8
+    start = np.zeros(n, dtype=np.int64)
+    stop = np.zeros(n, dtype=np.int64)
+    if num_words:
+        strides = (flat.strides[0], 8)
+        words = np.ndarray((n, num_words), dtype=np.uint64, buffer=flat, strides=strides)
+        nonzero = words != 0  # [N, L // 8]
+        found = nonzero.any(axis=1)
+        first = nonzero.argmax(axis=1)
+        last = num_words - 1 - nonzero[:, ::-1].argmax(axis=1)
+        start[found] = 8 * first[found]
+        stop[found] = 8 * (last[found] + 1)
+    else:
+        found = np.zeros(n, dtype=bool)
+    if length % 8:
+        in_tail = flat[:, 8 * num_words :].any(axis=1)
+        start[in_tail & ~found] = 8 * num_words
+        stop[in_tail] = length
+    return start, stop
+
+
+def _encode_rows(flat: np.ndarray, size: list[int]) -> list[dict]:
+    """COCO RLE of each row of ``uint8[N, L]`` (0/1), read as the column-major pixel order.
+
+    Only the span between a row's first and last non-zero byte is scanned (objects are usually
+    small against the image), and ``pycocotools.mask.frPyObjects`` compresses the runs, so the
+    output is byte-identical to ``pycocotools.mask.encode``.
+    """
+    n, length = flat.shape
+    if n == 0:
         return []
-    return mask_utils.encode(arr)
+    start, stop = _nonzero_spans(flat)
+    objs = []
+    for i in range(n):
+        a, b = int(start[i]), int(stop[i])
+        if a == b:
+            objs.append({"size": size, "counts": [length]})
+            continue
+        span = flat[i, a:b]
+        change = np.flatnonzero(span[1:] != span[:-1])  # last index of each run but the last
+        bounds = np.empty(change.size + 2, dtype=np.int64)
+        bounds[0], bounds[-1] = 0, span.size
+        bounds[1:-1] = change + 1
+        counts = (bounds[1:] - bounds[:-1]).tolist()
+        if span[0]:
+            counts.insert(0, 0)  # RLE counts start with a run of zeros
+        counts[0] += a
+        if span[-1]:
+            if length > b:
+                counts.append(length - b)
+        else:
+            counts[-1] += length - b
+        objs.append({"size": size, "counts": counts})
+    return mask_utils.frPyObjects(objs, size[0], size[1])
 
 
 def encode_masks_transposed(masks: Tensor, mask_thresh: float = 0.5) -> list[dict]:
@@ -65,12 +123,13 @@ def encode_masks_transposed(masks: Tensor, mask_thresh: float = 0.5) -> list[dic
         N dicts ``{"size": [W, H], "counts": bytes}``.
     """
     binary = binarize_masks(masks, mask_thresh).contiguous().cpu()
-    arr = binary.view(torch.uint8).numpy()  # [N, H, W] C order == [W, H, N] Fortran order
-    return _encode_column_major(arr.transpose(2, 1, 0))
+    n, h, w = binary.shape
+    flat = binary.view(torch.uint8).numpy().reshape(n, h * w)  # row-major == column-major of mask.T
+    return _encode_rows(flat, [w, h])
 
 
 def encode_masks(masks: Tensor, mask_thresh: float = 0.5) -> list[dict]:
-    """Standard COCO RLE of each mask.
+    """Standard COCO RLE of each mask (as ``pycocotools.mask.encode``).
 
     Args:
         masks: ``Tensor[N, H, W]`` (see ``binarize_masks``), on any device.
@@ -80,8 +139,9 @@ def encode_masks(masks: Tensor, mask_thresh: float = 0.5) -> list[dict]:
         N dicts ``{"size": [H, W], "counts": bytes}``.
     """
     binary = binarize_masks(masks, mask_thresh)
-    arr = binary.transpose(1, 2).contiguous().cpu().view(torch.uint8).numpy()  # [N, W, H]
-    return _encode_column_major(arr.transpose(2, 1, 0))  # [H, W, N] Fortran order
+    n, h, w = binary.shape
+    columns = binary.transpose(1, 2).contiguous().cpu()  # [N, W, H]: column-major pixel order
+    return _encode_rows(columns.view(torch.uint8).numpy().reshape(n, w * h), [h, w])
 
 
 def decode_rle_strings(strings: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,7 +248,8 @@ def validate_rles(rles: Sequence[dict]) -> list[tuple[int, str]]:
         totals = np.bincount(owner, weights=values.astype(np.float64), minlength=len(str_counts))
         for j, i in enumerate(str_index):
             if not ok[j]:
-                bad.append((i, "compressed RLE string is malformed (bad character or truncated run)"))
+                bad.append((i, "compressed RLE string is malformed (bad character or cut run)"))
             elif int(round(totals[j])) != areas[j]:
-                bad.append((i, f"RLE runs sum to {int(round(totals[j]))}, expected h*w = {areas[j]}"))
+                total = int(round(totals[j]))
+                bad.append((i, f"RLE runs sum to {total}, expected h*w = {areas[j]}"))
     return sorted(bad)

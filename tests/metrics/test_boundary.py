@@ -55,16 +55,18 @@ def test_boundary_equals_faster_coco_eval_and_opencv_reference():
             masks[j, y0 : y0 + rng.integers(1, h), x0 : x0 + rng.integers(1, w)] = True
         ours = mask_to_boundary(masks, ratio).numpy()
         rles = encode_masks(masks)
-        assert all(np.array_equal(mask_utils.decode(b), o) for b, o in zip(rle_to_boundary_rle(rles, ratio), ours))
-        for backend in ("mask_api", "opencv"):  # faster-coco-eval's C++ and boundary-iou-api's cv2 code
-            ref = [fce_mask.decode(fce_mask.rleToBoundary(dict(r), ratio, backend=backend)) for r in rles]
+        bands = rle_to_boundary_rle(rles, ratio)
+        assert all(np.array_equal(mask_utils.decode(b), o) for b, o in zip(bands, ours))
+        for backend in ("mask_api", "opencv"):  # faster-coco-eval C++; boundary-iou-api's cv2 code
+            ref = [fce_mask.rleToBoundary(dict(r), ratio, backend=backend) for r in rles]
+            ref = [fce_mask.decode(r) for r in ref]
             assert all(np.array_equal(r, o) for r, o in zip(ref, ours)), (h, w, ratio, backend)
 
 
-def _one_pair(gt: torch.Tensor, dt: torch.Tensor, crowd: bool = False) -> tuple[InstancePredictions, InstanceTargets]:
+def _one_pair(gt: torch.Tensor, dt: torch.Tensor) -> tuple[InstancePredictions, InstanceTargets]:
     box = torch.tensor([[0.0, 0.0, 40.0, 40.0]])
     label = torch.zeros(1, dtype=torch.long)
-    target = InstanceTargets(box, label, tuple(gt.shape), masks=gt[None], iscrowd=torch.tensor([crowd]))
+    target = InstanceTargets(box, label, tuple(gt.shape), masks=gt[None])
     return InstancePredictions(box, torch.ones(1), label, tuple(gt.shape), masks=dt[None]), target
 
 
@@ -89,8 +91,10 @@ def test_boundary_iou_and_ap_by_hand():
     other = _square(40, 40, 25, 25, 8)
     boxes = torch.tensor([[10.0, 10.0, 20.0, 20.0], [25.0, 25.0, 33.0, 33.0]])
     labels = torch.zeros(2, dtype=torch.long)
-    target = InstanceTargets(boxes, labels, (40, 40), masks=torch.stack([gt, other]), iscrowd=torch.tensor([True, False]))
-    pred = InstancePredictions(boxes, torch.tensor([0.9, 0.5]), labels, (40, 40), masks=torch.stack([dt, other]))
+    crowd = torch.tensor([True, False])
+    target = InstanceTargets(boxes, labels, (40, 40), masks=torch.stack([gt, other]), iscrowd=crowd)
+    scores = torch.tensor([0.9, 0.5])
+    pred = InstancePredictions(boxes, scores, labels, (40, 40), masks=torch.stack([dt, other]))
     metric = COCOEvaluator(("boundary",))
     metric.update([pred], [target], [1])
     assert metric.compute()["boundary/AP"] == pytest.approx(0.95)
@@ -107,5 +111,6 @@ def test_boundary_ap_backends_agree(seed):
         metric.update(preds, targets, ids)
         outs.append(metric.compute())
     names = [f"boundary/{n}" for n in detection_stat_names()]
-    np.testing.assert_allclose([outs[0][k] for k in names], [outs[1][k] for k in names], atol=1e-6, rtol=0)
+    fast, reference = [outs[0][k] for k in names], [outs[1][k] for k in names]
+    np.testing.assert_allclose(fast, reference, atol=1e-6, rtol=0)
     assert outs[0]["boundary/AP50"] > 0.05

@@ -14,6 +14,7 @@ import torch
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics.coco import (
     BACKENDS,
+    IOU_TYPES,
     KEYPOINT_STAT_NAMES,
     COCOEvaluator,
     detection_stat_names,
@@ -65,19 +66,21 @@ def test_category_ids_and_per_class():
     metric.update(preds, targets, ids)
     out = metric.compute()
     gt, results = reference_coco(preds, targets, ids, category_ids=cats)
-    np.testing.assert_allclose(_ours(out, "segm"), pycocotools_stats(gt, results["segm"], "segm"), atol=1e-6)
+    ref = pycocotools_stats(gt, results["segm"], "segm")
+    np.testing.assert_allclose(_ours(out, "segm"), ref, atol=1e-6)
     per_class = [out[f"segm/AP/{n}"] for n in names]
     defined = [v for v in per_class if v > -1]
     assert defined and out["segm/AP"] == pytest.approx(np.mean(defined), abs=1e-12)
     # per-class AP equals COCO AP restricted to that category
     for cat, name in zip(cats, names):
         gt_c = dict(gt, categories=[c for c in gt["categories"] if c["id"] == cat])
-        ref = pycocotools_stats(gt_c, [r for r in results["segm"] if r["category_id"] == cat], "segm")
+        only = [r for r in results["segm"] if r["category_id"] == cat]
+        ref = pycocotools_stats(gt_c, only, "segm")
         assert out[f"segm/AP/{name}"] == pytest.approx(ref[0], abs=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("sigmas", [None, [0.03, 0.05, 0.07, 0.09, 0.11]], ids=["coco17", "custom5"])
+@pytest.mark.parametrize("sigmas", [None, [0.03, 0.05, 0.07, 0.09, 0.11]], ids=["coco", "custom"])
 def test_keypoint_stats_equal_pycocotools(backend, sigmas):
     num_kpts = 17 if sigmas is None else len(sigmas)
     preds, targets = make_case(3, num_images=8, num_kpts=num_kpts)
@@ -101,12 +104,24 @@ def test_custom_max_dets_use_the_largest_for_ap():
     gt, results = reference_coco(preds, targets, ids)
     ref = pycocotools_stats(gt, results["bbox"], "bbox", max_dets=(1, 3, 5))
     # pycocotools computes AR@m right but prints AP as -1 (it looks for maxDets == 100).
-    np.testing.assert_allclose([out["bbox/AR1"], out["bbox/AR3"], out["bbox/AR5"]], ref[6:9], atol=1e-6)
-    top5 = [
-        [r for r in results["bbox"] if r["image_id"] == i] for i in ids
-    ]  # keeping the 5 best per image gives the same AP at maxDets 100
-    kept = [r for group in top5 for r in sorted(group, key=lambda r: -r["score"])[:5]]
+    ar = [out["bbox/AR1"], out["bbox/AR3"], out["bbox/AR5"]]
+    np.testing.assert_allclose(ar, ref[6:9], atol=1e-6)
+    groups: dict[tuple[int, int], list[dict]] = {}  # COCOeval keeps maxDets per image and class
+    for r in results["bbox"]:
+        groups.setdefault((r["image_id"], r["category_id"]), []).append(r)
+    kept = [r for g in groups.values() for r in sorted(g, key=lambda r: -r["score"])[:5]]
     assert out["bbox/AP"] == pytest.approx(pycocotools_stats(gt, kept, "bbox")[0], abs=1e-6)
+
+
+def test_category_groups_give_identical_numbers():
+    """compute() evaluates groups of categories separately to bound memory: same numbers."""
+    preds, targets = make_case(12, num_images=10, num_kpts=17)
+    outs = []
+    for max_anns in (50_000, 1, 9):
+        metric = COCOEvaluator(IOU_TYPES, per_class=True, max_anns_per_pass=max_anns)
+        metric.update(preds, targets, list(range(10)))
+        outs.append(metric.compute())
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_repeated_image_counts_once_and_conflicts_raise():
@@ -139,8 +154,13 @@ def test_default_image_ids_and_reset():
 
 def test_no_predictions_and_compute_before_update(caplog):
     _, targets = make_case(7, num_images=3)
-    empty = [InstancePredictions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), t.image_size,
-                                 masks=torch.zeros(0, *t.image_size)) for t in targets]  # fmt: skip
+    no_label = torch.zeros(0, dtype=torch.long)
+    empty = [
+        InstancePredictions(
+            torch.zeros(0, 4), torch.zeros(0), no_label, t.image_size, masks=torch.zeros(0, *t.image_size)
+        )
+        for t in targets
+    ]
     metric = COCOEvaluator(("bbox", "segm"))
     metric.update(empty, targets, [1, 2, 3])
     out = metric.compute()
@@ -163,7 +183,8 @@ def test_states_hold_rle_not_bitmaps():
     metric = COCOEvaluator(("segm",))
     for i in range(3):
         metric.update([pred], [target], [i])
-    state_bytes = sum(t.numel() * t.element_size() for name in metric._defaults for t in getattr(metric, name))
+    states = [t for name in metric._defaults for t in getattr(metric, name)]
+    state_bytes = sum(t.numel() * t.element_size() for t in states)
     assert state_bytes < 0.01 * 3 * 2 * n * h * w
     assert metric.compute()["segm/AP"] == 1.0
 
@@ -176,10 +197,11 @@ def test_bad_update_inputs():
         metric.update([other], targets[:1], [0])
     with pytest.raises(ValueError, match="category_ids"):
         COCOEvaluator(("bbox",), category_ids=[1, 2]).update(preds, targets, [0, 1, 2])
-    nan = InstancePredictions(preds[0].boxes, preds[0].scores * float("nan"), preds[0].labels, preds[0].image_size)
+    p = preds[0]
+    nan = InstancePredictions(p.boxes, p.scores * float("nan"), p.labels, p.image_size)
     with pytest.raises(ValueError, match="NaN"):
         metric.update([nan], targets[:1], [0])
-    no_masks = InstancePredictions(preds[0].boxes, preds[0].scores, preds[0].labels, preds[0].image_size)
+    no_masks = InstancePredictions(p.boxes, p.scores, p.labels, p.image_size)
     with pytest.raises(ValueError, match="predictions.masks"):
         metric.update([no_masks], targets[:1], [0])
     with pytest.raises(ValueError, match="kpt_sigmas"):
@@ -200,13 +222,13 @@ def test_file_api_equals_pycocotools(tmp_path, iou_type, backend):
     preds, targets = make_case(9, num_images=7, num_kpts=num_kpts)
     ids = [3, 1, 4, 15, 9, 26, 5]
     gt, results = reference_coco(preds, targets, ids)
-    stats = evaluate_coco_files(
-        _write(tmp_path / "gt.json", _json_ready(gt)), _write(tmp_path / "dt.json", results[iou_type]), iou_type,
-        backend=backend,
-    )  # fmt: skip
+    gt_path = _write(tmp_path / "gt.json", _json_ready(gt))
+    dt_path = _write(tmp_path / "dt.json", results[iou_type])
+    stats = evaluate_coco_files(gt_path, dt_path, iou_type, backend=backend)
     names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else DET
     assert list(stats) == list(names)
-    np.testing.assert_allclose(list(stats.values()), pycocotools_stats(gt, results[iou_type], iou_type), atol=1e-6)
+    ref = pycocotools_stats(gt, results[iou_type], iou_type)
+    np.testing.assert_allclose(list(stats.values()), ref, atol=1e-6)
 
 
 def test_results_writer_round_trip_equals_streaming(tmp_path):
@@ -224,7 +246,8 @@ def test_results_writer_round_trip_equals_streaming(tmp_path):
     dt_path = _write(tmp_path / "dt.json", records)  # records have bbox AND segmentation
     for iou_type in ("bbox", "segm", "boundary", "keypoints"):
         stats = evaluate_coco_files(gt_path, dt_path, iou_type)
-        assert _ours(out, iou_type, list(stats)) == pytest.approx(list(stats.values()), abs=1e-9), iou_type
+        ours = _ours(out, iou_type, list(stats))
+        assert ours == pytest.approx(list(stats.values()), abs=1e-9), iou_type
 
 
 def test_bad_results_files_name_the_record(tmp_path):
@@ -237,7 +260,8 @@ def test_bad_results_files_name_the_record(tmp_path):
         with pytest.raises(DataError, match=match):
             evaluate_coco_files(gt_path, _write(tmp_path / "dt.json", records), iou_type)
 
-    check([*segm[:2], dict(segm[2], image_id=999)], r"record 2 \(image_id 999.*not in the ground truth")
+    unknown_image = r"record 2 \(image_id 999.*not in the ground truth"
+    check([*segm[:2], dict(segm[2], image_id=999)], unknown_image)
     check([dict(segm[0], category_id=77)], r"record 0 .*category_id .*not in the ground truth")
     check([dict(segm[0], score=None)], r"record 0 .*score")
     bad_chars = dict(segm[1], segmentation=dict(segm[1]["segmentation"], counts="\x01\x02"))
@@ -254,7 +278,8 @@ def test_bad_results_files_name_the_record(tmp_path):
     good_gt = _json_ready(gt)
     bad_gt = dict(good_gt, annotations=[dict(good_gt["annotations"][0], image_id=42)])
     with pytest.raises(DataError, match="annotation record 0 .*image_id is not in 'images'"):
-        evaluate_coco_files(_write(tmp_path / "bad_gt.json", bad_gt), _write(tmp_path / "dt.json", segm), "segm")
+        bad_gt_path = _write(tmp_path / "bad_gt.json", bad_gt)
+        evaluate_coco_files(bad_gt_path, _write(tmp_path / "dt.json", segm), "segm")
 
 
 def test_coco_mini_ground_truth_as_detections(shared_data, tmp_path):
@@ -271,11 +296,12 @@ def test_coco_mini_ground_truth_as_detections(shared_data, tmp_path):
         assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0), iou_type
     kp = json.loads((root / "person_keypoints.json").read_text())
     kp_records = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "keypoints": a["keypoints"], "score": 1.0}
+        {k: a[k] for k in ("image_id", "category_id", "keypoints")} | {"score": 1.0}
         for a in kp["annotations"]
         if a.get("num_keypoints", 0) > 0
     ]
-    stats = evaluate_coco_files(str(root / "person_keypoints.json"), _write(tmp_path / "kp.json", kp_records), "keypoints")
+    kp_path = _write(tmp_path / "kp.json", kp_records)
+    stats = evaluate_coco_files(str(root / "person_keypoints.json"), kp_path, "keypoints")
     assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
 
 
@@ -284,7 +310,8 @@ def test_format_coco_table():
     table = format_coco_table(stats)
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500" in table
     assert "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ] = 0.500" in table
-    kp = format_coco_table({f"keypoints/{n}": 0.25 for n in KEYPOINT_STAT_NAMES} | {"keypoints/AP/person": 0.3})
+    kp_stats = {f"keypoints/{n}": 0.25 for n in KEYPOINT_STAT_NAMES}
+    kp = format_coco_table(kp_stats | {"keypoints/AP/person": 0.3})
     assert "[keypoints]" in kp and "maxDets= 20 ] = 0.250" in kp and "AP/person" in kp
     assert len(table.splitlines()) == 12
 

@@ -48,7 +48,8 @@ def make_case(
             y1, x1 = rng.integers(y0 + 5, h + 4), rng.integers(x0 + 5, w + 4)
             masks[j, y0:y1, x0:x1] = True
             if rng.random() < 0.5:  # a notch, so that masks are not boxes
-                masks[j, y0 + (y1 - y0) // 3 : y1 - (y1 - y0) // 3, x0 : x0 + (x1 - x0) // 2] = False
+                dy, dx = (y1 - y0) // 3, (x1 - x0) // 2
+                masks[j, y0 + dy : y1 - dy, x0 : x0 + dx] = False
         boxes = mask_boxes(masks)
         labels = torch.from_numpy(rng.integers(0, num_classes, n))
         crowd = torch.from_numpy(rng.random(n) < 0.15)
@@ -62,7 +63,7 @@ def make_case(
                 kv[0] = 0  # an instance without labelled keypoints (ignored by OKS AP)
             kpts = torch.from_numpy(np.stack([kx, ky, kv], -1)).float()
         targets.append(
-            InstanceTargets(boxes=boxes, labels=labels, image_size=(h, w), masks=masks, iscrowd=crowd, keypoints=kpts)
+            InstanceTargets(boxes, labels, (h, w), masks=masks, iscrowd=crowd, keypoints=kpts)
         )
 
         m = 0 if i == 2 else int(rng.integers(1, 2 * max_inst))
@@ -72,13 +73,15 @@ def make_case(
             if n and rng.random() < 0.75:  # a shifted copy of a ground-truth mask
                 dy, dx = rng.integers(-1, 2, 2)
                 shifted = torch.roll(masks[src[j]].float(), (int(dy), int(dx)), (0, 1))
-                prob[j] = shifted * float(rng.uniform(0.5, 1.0)) + (1 - shifted) * float(rng.uniform(0, 0.49))
+                inside, outside = float(rng.uniform(0.5, 1.0)), float(rng.uniform(0, 0.49))
+                prob[j] = shifted * inside + (1 - shifted) * outside
             else:
                 y0, x0 = rng.integers(0, h - 3), rng.integers(0, w - 3)
                 prob[j, y0 : rng.integers(y0 + 2, h + 1), x0 : rng.integers(x0 + 2, w + 1)] = 0.9
         pboxes = mask_boxes(prob >= 0.5) + torch.from_numpy(rng.normal(0, 0.7, (m, 4))).float()
         same = labels.numpy()[src] if n else np.zeros(m, np.int64)
-        plabels = torch.from_numpy(np.where(rng.random(m) < 0.85, same, rng.integers(0, num_classes, m)))
+        other = rng.integers(0, num_classes, m)
+        plabels = torch.from_numpy(np.where(rng.random(m) < 0.85, same, other))
         scores = torch.from_numpy(np.round(rng.random(m), 1)).float()  # rounded: ties on purpose
         pk = None
         if num_kpts:
@@ -87,9 +90,7 @@ def make_case(
             pk[..., :2] += torch.from_numpy(rng.normal(0, 0.6, (m, num_kpts, 2))).float()
             pk[..., 2] = torch.from_numpy(rng.random((m, num_kpts))).float()
         preds.append(
-            InstancePredictions(
-                boxes=pboxes, scores=scores, labels=plabels.long(), image_size=(h, w), masks=prob, keypoints=pk
-            )
+            InstancePredictions(pboxes, scores, plabels.long(), (h, w), masks=prob, keypoints=pk)
         )
     return preds, targets
 
@@ -111,11 +112,11 @@ def reference_coco(
         for j in range(len(t)):
             m = np.asfortranarray(t.masks[j].numpy().astype(np.uint8))
             x1, y1, x2, y2 = t.boxes[j].tolist()
-            ann = {
-                "id": len(anns) + 1, "image_id": image_id, "category_id": cat(int(t.labels[j])),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(m.sum()), "iscrowd": int(t.iscrowd[j]),
-                "segmentation": mask_utils.encode(m),
-            }  # fmt: skip
+            ann = {"id": len(anns) + 1, "image_id": image_id, "category_id": cat(int(t.labels[j]))}
+            ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+            ann["area"] = float(m.sum())
+            ann["iscrowd"] = int(t.iscrowd[j])
+            ann["segmentation"] = mask_utils.encode(m)
             if t.keypoints is not None:
                 k = t.keypoints[j]
                 ann["keypoints"] = k.flatten().tolist()
@@ -123,22 +124,28 @@ def reference_coco(
             anns.append(ann)
         for j in range(len(p)):
             x1, y1, x2, y2 = p.boxes[j].tolist()
-            base = {"image_id": image_id, "category_id": cat(int(p.labels[j])), "score": float(p.scores[j])}
+            base = {"image_id": image_id, "category_id": cat(int(p.labels[j]))}
+            base["score"] = float(p.scores[j])
             box = [x1, y1, x2 - x1, y2 - y1]
             results["bbox"].append(dict(base, bbox=box))
             if p.masks is not None:
                 m = np.asfortranarray((p.masks[j] >= 0.5).numpy().astype(np.uint8))
                 rle = mask_utils.encode(m)
-                results["segm"].append(dict(base, segmentation={"size": rle["size"], "counts": rle["counts"].decode()}))
+                segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
+                results["segm"].append(dict(base, segmentation=segmentation))
             if p.keypoints is not None:
-                results["keypoints"].append(dict(base, bbox=box, keypoints=p.keypoints[j].flatten().tolist()))
+                kpts = p.keypoints[j].flatten().tolist()
+                results["keypoints"].append(dict(base, bbox=box, keypoints=kpts))
     used = {a["category_id"] for a in anns} | {r["category_id"] for r in results["bbox"]}
     cats = category_ids if category_ids is not None else sorted(used)
-    gt = {"images": images, "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in cats]}
+    categories = [{"id": c, "name": str(c)} for c in cats]
+    gt = {"images": images, "annotations": anns, "categories": categories}
     return gt, results
 
 
-def pycocotools_stats(gt: dict, results: list[dict], iou_type: str, kpt_sigmas=None, max_dets=None) -> np.ndarray:
+def pycocotools_stats(
+    gt: dict, results: list[dict], iou_type: str, kpt_sigmas=None, max_dets=None
+) -> np.ndarray:
     """``COCOeval.stats`` of plain pycocotools."""
     import copy
 

@@ -33,12 +33,11 @@ def _metric() -> COCOEvaluator:
     return COCOEvaluator(IOU_TYPES, kpt_sigmas=SIGMAS, per_class=True)
 
 
-def _feed(metric: COCOEvaluator, preds, targets, ids, indices: list[int], batch_size: int = 2) -> None:
+def _feed(metric: COCOEvaluator, preds, targets, ids, indices: list[int], batch_size: int = 2):
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        metric.update(
-            [preds[i] for i in chunk], [targets[i] for i in chunk], None if ids is None else [ids[i] for i in chunk]
-        )
+        chunk_ids = None if ids is None else [ids[i] for i in chunk]
+        metric.update([preds[i] for i in chunk], [targets[i] for i in chunk], chunk_ids)
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
