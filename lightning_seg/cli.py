@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import sys
 
+import yaml
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lightning_seg.callbacks.progress import default_progress_bar
 
@@ -35,6 +36,16 @@ DATA_LINKS: list[tuple[str, str]] = [
     ("data.info", "model.init_args.info"),
     ("data.num_classes", "model.init_args.model.init_args.num_classes"),
 ]
+
+
+class LoggedConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the run folder and logs the resolved config to every logger
+    (the run's config in W&B, ``hparams.yaml`` for CSV), so a run is reproducible from its logs."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
 
 
 class SegCLI(LightningCLI):
@@ -68,6 +79,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SegCLI:
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=LoggedConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs=(
             {cmd: {"default_config_files": [DEFAULT_CONFIG]} for cmd in ("fit", "validate", "test", "predict")}

@@ -23,7 +23,8 @@ class PredictionImages(Callback):
     """Saves overlays of the first validation batch at the end of every ``every_n_epochs`` epoch.
 
     Writes ``<run dir>/predictions/epoch_XXX.png`` (one row per image: image, ground truth,
-    prediction) and, with a ``WandbLogger``, logs the same picture as ``val/predictions``.
+    prediction) and, with a ``WandbLogger``, logs the same picture as ``val/predictions`` and
+    the images with interactive prediction / ground-truth mask layers as ``val/prediction_masks``.
 
     Args:
         num_images: how many images of the first validation batch to draw.
@@ -51,6 +52,20 @@ class PredictionImages(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("val/predictions", [grid], step=trainer.global_step)
+                self._log_wandb_masks(logger, pl_module, batch, outputs, trainer.global_step)
+
+    def _log_wandb_masks(self, logger, pl_module, batch, outputs, step: int) -> None:
+        """Images with interactive mask layers (prediction / ground truth) in the W&B UI."""
+        import wandb
+
+        images = []
+        for i in range(min(self.num_images, len(batch))):
+            image, layers, names = pl_module.mask_layers(batch, outputs, i)
+            if layers:
+                masks = {k: {"mask_data": v.numpy(), "class_labels": names} for k, v in layers.items()}
+                images.append(wandb.Image(to_numpy(image), masks=masks))
+        if images:
+            logger.experiment.log({"val/prediction_masks": images, "trainer/global_step": step})
 
 
 class PredictionWriter(BasePredictionWriter):

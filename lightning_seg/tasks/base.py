@@ -119,6 +119,15 @@ class BaseTask(L.LightningModule):
         """uint8 ``Tensor[3, H, W]`` pictures of the predictions of a batch (one per image)."""
         return []
 
+    def mask_layers(self, batch: Batch, outputs, i: int) -> tuple[Tensor, dict[str, Tensor], dict[int, str]]:
+        """Image ``i`` with label-map layers for interactive viewers (W&B masks).
+
+        Returns:
+            uint8 ``Tensor[3, H, W]`` image, ``{"prediction": Tensor[H, W], "ground_truth": ...}``
+            int label maps of that size, and the name of every label value. Empty layers: none.
+        """
+        return batch.images.new_zeros(3, 1, 1, dtype=torch.uint8), {}, {}
+
     def write_predictions(self, batch: Batch, outputs, output_dir: Path) -> None:
         """Write the predictions of a batch under ``output_dir`` (``lseg predict``)."""
 

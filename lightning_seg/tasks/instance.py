@@ -32,6 +32,21 @@ def rescale_targets(targets: InstanceTargets, size: tuple[int, int]) -> Instance
                            iscrowd=targets.iscrowd, keypoints=keypoints, track_ids=targets.track_ids)
 
 
+def _label_map(instances: InstancePredictions | InstanceTargets, score_thresh: float = 0.0) -> Tensor:
+    """Paint instance masks into one ``Tensor[H, W]`` class map (class ``c`` -> ``c + 1``)."""
+    h, w = instances.image_size
+    out = torch.zeros(h, w, dtype=torch.int64)
+    if instances.masks is None or len(instances) == 0:
+        return out
+    scores = getattr(instances, "scores", None)
+    order = torch.argsort(scores) if scores is not None else torch.arange(len(instances))
+    for j in order.tolist():
+        if scores is not None and float(scores[j]) < score_thresh:
+            continue
+        out[instances.masks[j] > 0.5] = int(instances.labels[j]) + 1
+    return out
+
+
 class InstanceSegmentationTask(BaseTask):
     """Trains a detector that returns a loss dict in training and predictions in eval mode.
 
@@ -129,6 +144,16 @@ class InstanceSegmentationTask(BaseTask):
                                          score_thresh=self.vis_score_thresh))
             pictures.append(hstack(panels))
         return pictures
+
+    def mask_layers(self, batch: Batch, outputs: list[InstancePredictions], i: int):
+        """Class label maps (0 = background, class ``c`` -> ``c + 1``) of the predictions above
+        ``vis_score_thresh`` (higher scores painted last) and of the ground truth."""
+        pred = outputs[i].to("cpu")
+        layers = {"prediction": _label_map(pred, self.vis_score_thresh)}
+        if batch.instances is not None:
+            layers["ground_truth"] = _label_map(rescale_targets(batch.instances[i], pred.image_size).to("cpu"))
+        names = {0: "background"} | {c + 1: n for c, n in enumerate(self.info.class_names)}
+        return self._orig_image(batch, i), layers, names
 
     @staticmethod
     def _orig_image(batch: Batch, i: int) -> Tensor:

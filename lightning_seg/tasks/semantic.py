@@ -151,6 +151,17 @@ class SemanticSegmentationTask(BaseTask):
             pictures.append(hstack(panels))
         return pictures
 
+    def mask_layers(self, batch: Batch, outputs: Tensor, i: int):
+        """Prediction and ground-truth label maps; void pixels get the value ``num_classes``."""
+        h, w = batch.image_sizes[i]
+        layers = {"prediction": outputs[i, :h, :w].cpu()}
+        if batch.semantic is not None:
+            gt = batch.semantic[i, :h, :w].cpu().clone()
+            gt[gt == self.ignore_index] = self.num_classes
+            layers["ground_truth"] = gt
+        names = {k: name for k, name in enumerate(self.class_names)} | {self.num_classes: "void"}
+        return to_uint8_image(batch.images[i], (h, w)), layers, names
+
     def write_predictions(self, batch: Batch, outputs: list[Tensor], output_dir: Path) -> None:
         """Write ``labels/<stem>.png`` (class indices) and ``overlays/<stem>.png`` per image."""
         (output_dir / "labels").mkdir(parents=True, exist_ok=True)
