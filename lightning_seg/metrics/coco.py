@@ -336,10 +336,11 @@ def predictions_to_coco_results(
         if n == 0:
             continue
         labels = pred.labels.tolist()
-        if category_ids is not None and (min(labels) < 0 or max(labels) >= len(category_ids)):
+        limit = len(category_ids) if category_ids is not None else math.inf
+        if min(labels) < 0 or max(labels) >= limit:
             raise ValueError(
-                f"image {image_id}: labels must be in [0, {len(category_ids)}) to map onto "
-                f"category_ids"
+                f"image {image_id}: labels must be contiguous class indices in [0, {limit}), "
+                f"got {min(labels)}..{max(labels)}"
             )
         cat_map = _category_map(category_ids, max(labels) + 1)
         cats = [cat_map[i] for i in labels]
@@ -417,6 +418,13 @@ class COCOEvaluator(Metric):
 
     ``compute`` returns ``{"bbox/AP": ..., "bbox/AP50": ..., "segm/APs": ..., ...}`` with the
     names of ``detection_stat_names`` / ``KEYPOINT_STAT_NAMES``; -1 where undefined.
+
+    Example::
+
+        metric = COCOEvaluator(("bbox", "segm"), category_ids=info.category_ids)
+        for batch in loader:  # predictions mapped back to the original image frame
+            metric.update(model.predict(batch), batch.instances, [m.image_id for m in batch.meta])
+        stats = metric.compute()  # {"bbox/AP": 0.37, ..., "segm/ARl": 0.52}
     """
 
     is_differentiable = False
