@@ -104,16 +104,18 @@ def train_step(model, opt, sched, loss_fn) -> tuple[float, float, float]:
     nn.utils.clip_grad_norm_(model.parameters(), 10.0)
     opt.step()
     sched.step()
-    return float(loss.detach()), time.perf_counter() - w0, time.process_time() - c0
+    loss = float(loss.detach())  # waits for the device
+    return loss, time.perf_counter() - w0, time.process_time() - c0
 
 
 @torch.no_grad()
-def evaluate(ours, tv, loader) -> dict[str, dict[str, float]]:
+def evaluate(ours, tv, loader, device: torch.device) -> dict[str, dict[str, float]]:
     ours.eval()
     tv.eval()
     ev = {"ours": COCOEvaluator(iou_types=("bbox", "segm")),
           "torchvision": COCOEvaluator(iou_types=("bbox", "segm"))}
     for batch in loader:
+        batch = batch.to(device)
         ids = [m.image_id for m in batch.meta]
         preds_ours = ours(batch.images, batch.image_sizes)
         imgs = [batch.images[i, :, :h, :w] for i, (h, w) in enumerate(batch.image_sizes)]
@@ -132,7 +134,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=160)
@@ -146,6 +149,7 @@ def main() -> None:
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     dm = SyntheticShapesDataModule(
         task="instance", num_train=args.num_train, num_val=args.num_val, seed=args.seed,
@@ -171,8 +175,8 @@ def main() -> None:
     )
     torch.manual_seed(args.seed)
     tv = build_torchvision(args.depth, num_classes, args.height, args.width, budget)
-    ours.train()
-    tv.train()
+    ours.to(device).train()
+    tv.to(device).train()
     warmup = min(args.warmup, max(args.steps // 4, 1))
     opt_o, sched_o = make_optimizer(ours, args.lr, args.steps, warmup)
     opt_t, sched_t = make_optimizer(tv, args.lr, args.steps, warmup)
@@ -185,6 +189,7 @@ def main() -> None:
         for batch in dm.train_dataloader():
             if step >= args.steps:
                 break
+            batch = batch.to(device)
             targets = list(batch.instances)
             imgs, tv_targets = torchvision_inputs(batch.images, batch.image_sizes, targets)
             runs = {
@@ -208,7 +213,7 @@ def main() -> None:
         epoch += 1
 
     t_eval = time.perf_counter()
-    results = evaluate(ours, tv, dm.val_dataloader())
+    results = evaluate(ours, tv, dm.val_dataloader(), device)
     eval_s = time.perf_counter() - t_eval
 
     def per_step(name: str, key: str) -> float:
@@ -240,6 +245,8 @@ def main() -> None:
         "mask_ap50_ours": round(results["ours"]["segm/AP50"], 4),
         "mask_ap50_torchvision": round(results["torchvision"]["segm/AP50"], 4),
         "steps": args.steps,
+        "seed": args.seed,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "depth": args.depth,
         "batch_size": args.batch_size,
         "lr": args.lr,

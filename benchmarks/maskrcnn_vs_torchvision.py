@@ -61,6 +61,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--instances", type=int, default=4, help="instances per image")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.0,
+        help="box score threshold of both models at inference. A randomly initialised model "
+        "scores every class near 1/(K+1), so the usual 0.05 leaves no detection and the mask "
+        "branch never runs; 0 keeps the top 100 per image, as a trained model would.",
+    )
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for both models")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -68,9 +75,11 @@ def main() -> None:
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=args.num_classes + 1,
-        min_size=args.size, max_size=args.size,
+        min_size=args.size, max_size=args.size, box_score_thresh=args.score_thresh,
     )
-    ours = mask_rcnn_r50_fpn_torchvision_compat(args.num_classes)
+    ours = mask_rcnn_r50_fpn_torchvision_compat(
+        args.num_classes, box_head_kwargs={"score_thresh": args.score_thresh}
+    )
     load_torchvision_maskrcnn(ours, tv.state_dict())
     tv.to(device)
     ours.to(device)
@@ -110,7 +119,8 @@ def main() -> None:
     def timed(fn) -> float:
         _sync(device)
         start = time.perf_counter()
-        fn()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            fn()
         _sync(device)
         return time.perf_counter() - start
 
@@ -138,6 +148,8 @@ def main() -> None:
         "size": args.size,
         "batch": args.batch,
         "steps": args.steps,
+        "amp": args.amp,
+        "score_thresh": args.score_thresh,
         "detections_per_image": num_dets,
         "ours_train_step_s": round(train_ours_s, 4),
         "torchvision_train_step_s": round(train_tv_s, 4),

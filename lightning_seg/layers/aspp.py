@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer
+from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer, inplace_relu
 from lightning_seg.layers.separable import SeparableConv2d
 
 
@@ -23,7 +23,7 @@ class ImagePooling(nn.Module):
         in_channels: int,
         out_channels: int,
         norm_layer: NormLayer | None = nn.BatchNorm2d,
-        act_layer: ActLayer | None = nn.ReLU,
+        act_layer: ActLayer | None = inplace_relu,
     ) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -66,7 +66,7 @@ class ASPP(nn.Module):
         image_pooling: bool = True,
         dropout: float = 0.1,
         norm_layer: NormLayer | None = nn.BatchNorm2d,
-        act_layer: ActLayer | None = nn.ReLU,
+        act_layer: ActLayer | None = inplace_relu,
     ) -> None:
         super().__init__()
         branches: list[nn.Module] = [

@@ -11,6 +11,12 @@ NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
+def inplace_relu() -> nn.Module:
+    """The default activation: ReLU applied in place (it follows a conv or norm whose
+    backward does not need the output, so no activation memory is spent on a copy)."""
+    return nn.ReLU(inplace=True)
+
+
 class ConvNormAct(nn.Sequential):
     """``Conv2d -> norm -> activation`` with children named ``conv``, ``norm``, ``act``.
 
@@ -27,7 +33,7 @@ class ConvNormAct(nn.Sequential):
         dilation: atrous rate.
         groups: convolution groups (``in_channels`` for a depthwise convolution).
         norm_layer: ``C -> nn.Module`` (e.g. ``nn.BatchNorm2d``), or None for no norm.
-        act_layer: ``() -> nn.Module`` (e.g. ``nn.ReLU``), or None for no activation.
+        act_layer: ``() -> nn.Module`` (default ``inplace_relu``), or None for no activation.
 
     Shapes:
         ``Tensor[B, C_in, H, W] -> Tensor[B, C_out, H', W']``.
@@ -43,7 +49,7 @@ class ConvNormAct(nn.Sequential):
         dilation: int = 1,
         groups: int = 1,
         norm_layer: NormLayer | None = nn.BatchNorm2d,
-        act_layer: ActLayer | None = nn.ReLU,
+        act_layer: ActLayer | None = inplace_relu,
     ) -> None:
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2

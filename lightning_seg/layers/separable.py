@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer
+from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer, inplace_relu
 
 
 class SeparableConv2d(nn.Module):
@@ -37,8 +37,8 @@ class SeparableConv2d(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         norm_layer: NormLayer | None = nn.BatchNorm2d,
-        act_layer: ActLayer | None = nn.ReLU,
-        depthwise_act_layer: ActLayer | None = nn.ReLU,
+        act_layer: ActLayer | None = inplace_relu,
+        depthwise_act_layer: ActLayer | None = inplace_relu,
     ) -> None:
         super().__init__()
         self.depthwise = ConvNormAct(

@@ -97,21 +97,17 @@ def multilevel_roi_align(
         rois[:, 1:].float(), level_of[0], level_of[-1], canonical_box_size, canonical_level
     ) - level_of[0]  # [R] in 0..L-1
     # Group the RoIs by level with a single host sync (the counts), pool each group, and
-    # scatter the results back to the input order.
+    # write each group's result straight into its rows of the output (one copy per level).
     order = torch.argsort(levels, stable=True)  # [R]
     counts = torch.bincount(levels, minlength=len(features)).tolist()
     rois_by_level = rois[order].split(counts)
-    dtype = features[0].dtype
-    pooled = [
-        roi_align(f, r, output_size, 1.0 / s, sampling_ratio, aligned).to(dtype)
-        for f, s, r, n in zip(features, strides, rois_by_level, counts)
-        if n > 0
-    ]
-    if not pooled:
-        c = features[0].shape[1]
-        return features[0].new_zeros((0, c, *output_size))
-    pooled_sorted = torch.cat(pooled, dim=0)  # [R, C, S_h, S_w] in level order
-    return pooled_sorted.new_empty(pooled_sorted.shape).index_copy(0, order, pooled_sorted)
+    rows_by_level = order.split(counts)
+    out = features[0].new_empty((rois.shape[0], features[0].shape[1], *output_size))
+    for f, s, r, rows in zip(features, strides, rois_by_level, rows_by_level):
+        if len(rows) > 0:
+            pooled = roi_align(f, r, output_size, 1.0 / s, sampling_ratio, aligned)
+            out.index_copy_(0, rows, pooled.to(out.dtype))  # [R, C, S_h, S_w], input order
+    return out
 
 
 class MultiLevelRoIAlign(nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer
+from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer, inplace_relu
 from lightning_seg.layers.separable import SeparableConv2d
 
 
@@ -46,7 +46,7 @@ class XceptionBlock(nn.Module):
         dilation: int = 1,
         shortcut: str = "conv",
         norm_layer: NormLayer = nn.BatchNorm2d,
-        act_layer: ActLayer = nn.ReLU,
+        act_layer: ActLayer = inplace_relu,
     ) -> None:
         super().__init__()
         if shortcut not in ("conv", "identity", "none"):
@@ -108,7 +108,7 @@ class XceptionBackbone(nn.Module):
         middle_repeats: int = 16,
         width_multiplier: float = 1.0,
         norm_layer: NormLayer = nn.BatchNorm2d,
-        act_layer: ActLayer = nn.ReLU,
+        act_layer: ActLayer = inplace_relu,
         out_features: Sequence[str] = ("low_level", "out"),
         weights_path: str | Path | None = None,
     ) -> None:

@@ -229,8 +229,8 @@ class BoxRoIHead(nn.Module):
             rois, roi_labels, matched_idxs, box_targets = self.sample_rois(proposals, targets)
         x = self.pooler(features, rois)  # [R, C, S, S]
         x = x.flatten(1)  # [R, C * S * S]
-        x = F.relu(self.fc6(x))  # [R, fc_dim]
-        x = F.relu(self.fc7(x))
+        x = F.relu(self.fc6(x), inplace=True)  # [R, fc_dim]
+        x = F.relu(self.fc7(x), inplace=True)
         return BoxHeadOutput(
             class_logits=self.cls_score(x),  # [R, K + 1]
             box_deltas=self.box_pred(x),  # [R, (K + 1) * 4]

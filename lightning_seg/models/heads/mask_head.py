@@ -146,7 +146,7 @@ class MaskRoIHead(nn.Module):
         """
         x = self.pooler(features, rois)  # [N, C, S, S]
         x = self.convs(x)  # [N, 256, S, S]
-        x = F.relu(self.deconv(x))  # [N, 256, 2S, 2S]
+        x = F.relu(self.deconv(x), inplace=True)  # [N, 256, 2S, 2S]
         return MaskHeadOutput(
             mask_logits=self.mask_logits(x),  # [N, K, 2S, 2S]
             rois=list(rois),

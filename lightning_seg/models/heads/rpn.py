@@ -65,7 +65,7 @@ class RPNHead(nn.Module):
         ``Tensor[B, A*4, H, W]``."""
         objectness, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = F.relu(self.conv(x), inplace=True)
             objectness.append(self.objectness_logits(t))
             deltas.append(self.box_deltas(t))
         return objectness, deltas
