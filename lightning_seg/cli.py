@@ -17,7 +17,6 @@ Every run saves its resolved ``config.yaml`` in its run folder.
 from __future__ import annotations
 
 import os
-import sys
 
 import yaml
 from lightning.pytorch.callbacks import ProgressBar
@@ -92,5 +91,11 @@ def main(args: list[str] | None = None, run: bool = True) -> SegCLI:
     )
 
 
+def console_main() -> None:
+    """The ``lseg`` console script: runs the CLI and returns nothing, so that the exit status
+    is 0 on success (a returned object would be printed and exit with status 1)."""
+    main()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    console_main()

@@ -51,10 +51,16 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
+def _lseg() -> list[str]:
+    """The installed ``lseg`` console script (its exit status is checked too), else the module."""
+    script = Path(sys.executable).parent / "lseg"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "lightning_seg.cli"]
+
+
 def _run(args: list[str], cwd: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lightning_seg.cli", *args], cwd=cwd, env=env,
+    proc = subprocess.run([*_lseg(), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"lseg {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 

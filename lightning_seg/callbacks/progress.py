@@ -20,7 +20,8 @@ class PlainProgress(ProgressBar):
         self.every_n_seconds = every_n_seconds
         self._enabled = True
         self._last = 0.0
-        self._start = 0.0
+        self._train_start = 0.0  # validation runs inside the training epoch: separate clocks
+        self._eval_start = 0.0
         self._done = 0
         self._train_done = 0
 
@@ -33,7 +34,8 @@ class PlainProgress(ProgressBar):
     def _print(self, trainer, stage: str, done: int, total) -> None:
         if not self._enabled or trainer.global_rank != 0:
             return
-        elapsed = max(time.monotonic() - self._start, 1e-9)
+        start = self._train_start if stage == "train" else self._eval_start
+        elapsed = max(time.monotonic() - start, 1e-9)
         metrics = self.get_metrics(trainer, trainer.lightning_module)
         shown = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in metrics.items() if k != "v_num")
@@ -47,7 +49,7 @@ class PlainProgress(ProgressBar):
             self._print(trainer, stage, done, total)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = self._last = time.monotonic()
+        self._train_start = self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._train_done = batch_idx + 1
@@ -56,11 +58,11 @@ class PlainProgress(ProgressBar):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._print(trainer, "train", self._train_done, self.total_train_batches)
 
-    def _eval_start(self, *args) -> None:
-        self._start = self._last = time.monotonic()
+    def _start_eval(self, *args) -> None:
+        self._eval_start = self._last = time.monotonic()
         self._done = 0
 
-    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _eval_start
+    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _start_eval
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._done = batch_idx + 1
