@@ -150,37 +150,6 @@ MODELS: dict[str, tuple[Callable[[int], nn.Module], bool]] = {
 }
 
 
-def _mkldnn_off(grad: Tensor) -> None:
-    torch._C._set_mkldnn_enabled(False)
-
-
-def _mkldnn_on(param: Tensor) -> None:
-    torch._C._set_mkldnn_enabled(True)
-
-
-def _hook_output(module: nn.Module, inputs, output: Tensor) -> None:
-    if output.requires_grad:
-        output.register_hook(_mkldnn_off)  # runs right before this conv's backward
-
-
-def avoid_slow_onednn_backward(model: nn.Module) -> int:
-    """Run the backward of wide large-kernel convs (FCN's fc6: 7x7, 512 -> 4096) without oneDNN.
-
-    On this CPU build, oneDNN's backward of ``Conv2d(512, 4096, 7, padding=3)`` on a 6x8 map
-    (fc6 at a 192x256 input) takes ~40 s per image against ~0.7 s with the native kernel (the
-    forward and other map sizes are fine). A hook on the conv's output switches oneDNN off just
-    before that conv's backward, and a hook after its weight gradient is accumulated switches it
-    back on; the maths is unchanged. Returns the number of modules patched.
-    """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size[0] >= 7 and module.out_channels >= 2048:
-            module.register_forward_hook(_hook_output)
-            module.weight.register_post_accumulate_grad_hook(_mkldnn_on)
-            count += 1
-    return count
-
-
 def build_datamodule(args: argparse.Namespace):
     """A fresh ``CamVidDataModule`` (fresh seeded transform: same augmentation stream)."""
     from lightning_seg.data.datamodules.camvid import CamVidDataModule
@@ -224,8 +193,6 @@ def train_one(name: str, args: argparse.Namespace) -> dict:
     num_classes, ignore_index = dm.num_classes, dm.ignore_index
     torch.manual_seed(args.seed)
     model = builder(num_classes)
-    if args.onednn_workaround:
-        avoid_slow_onednn_backward(model)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
@@ -345,10 +312,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: main process, not budgeted)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--no-onednn-workaround", dest="onednn_workaround", action="store_false",
-        help="keep oneDNN in FCN's fc6 backward (very slow on CPU at small maps, see avoid_slow_onednn_backward)",
-    )
     p.add_argument("--max-train-samples", type=int, default=None, help="smoke runs: first N train samples")
     p.add_argument("--max-val-samples", type=int, default=None, help="smoke runs: first N held-out samples")
     p.add_argument("--log-every", type=int, default=20, help="progress line to stderr every N steps (0: off)")
@@ -391,7 +354,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "workers": args.workers,
         "seed": args.seed,
         "init": "random (no pretrained weights)",
-        "onednn_workaround": args.onednn_workaround,
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),

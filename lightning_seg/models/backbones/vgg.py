@@ -21,6 +21,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from lightning_seg.layers.conv import NativeBackwardConv2d
+
 _LEVELS = ("pool1", "pool2", "pool3", "pool4", "pool5", "fc7")
 _STRIDES = {"pool1": 2, "pool2": 4, "pool3": 8, "pool4": 16, "pool5": 32, "fc7": 32}
 
@@ -91,7 +93,10 @@ class VGGBackbone(nn.Module):
         self.fc6: nn.Module | None = None
         self.fc7: nn.Module | None = None
         if uses_fc:
-            self.fc6 = nn.Conv2d(in_ch, fc_channels, fc6_kernel_size, padding=fc6_kernel_size // 2)
+            # a plain Conv2d on GPUs; on the CPU its backward avoids a ~50x slow oneDNN path
+            self.fc6 = NativeBackwardConv2d(
+                in_ch, fc_channels, fc6_kernel_size, padding=fc6_kernel_size // 2
+            )
             self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
             self.fc_act = nn.ReLU(inplace=True)
             self.fc_dropout = nn.Dropout(fc_dropout)
