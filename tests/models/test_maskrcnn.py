@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_seg.models.detectors.mask_rcnn import MaskRCNN, mask_rcnn_resnet_fpn
+from lightning_seg.models.detectors.mask_rcnn import MaskRCNN, MaskRCNNResNetFPN
 from lightning_seg.structures import InstancePredictions, InstanceTargets
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
@@ -29,7 +29,7 @@ def tiny_mask_rcnn(num_classes: int = 3, **kwargs) -> MaskRCNN:
         mask_head_kwargs=dict(conv_dims=(64, 64)),
     )
     options.update(kwargs)
-    return mask_rcnn_resnet_fpn(num_classes, **options)
+    return MaskRCNNResNetFPN(num_classes, **options)
 
 
 def _blob_batch(sizes, counts, num_classes=3, seed=0):

@@ -218,24 +218,12 @@ class MaskRCNN(nn.Module):
         return results
 
 
-# ---------------------------------------------------------------------- builders
-def mask_rcnn_resnet_fpn(
-    num_classes: int,
-    depth: int = 50,
-    weights_backbone: str | None = None,
-    trainable_backbone_layers: int = 3,
-    frozen_bn: bool | None = None,
-    aligned: bool = True,
-    fpn_channels: int = 256,
-    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    rpn_kwargs: Mapping | None = None,
-    box_head_kwargs: Mapping | None = None,
-    mask_head_kwargs: Mapping | None = None,
-    with_mask: bool = True,
-    **detector_kwargs,
-) -> MaskRCNN:
-    """Mask R-CNN with a ResNet-FPN backbone, paper defaults.
+class MaskRCNNResNetFPN(MaskRCNN):
+    """Mask R-CNN with a ResNet-FPN backbone and the paper's defaults, built from arguments.
+
+    A class rather than a builder function so that an experiment YAML can name it in
+    ``class_path`` (LightningCLI instantiates classes) and ``num_classes`` is linked from the
+    DataModule. The parts, attribute names and state-dict keys are those of ``MaskRCNN``.
 
     Args:
         num_classes: ``K`` object classes (no background).
@@ -256,47 +244,72 @@ def mask_rcnn_resnet_fpn(
         box_head_kwargs: extra ``BoxRoIHead`` arguments.
         mask_head_kwargs: extra ``MaskRoIHead`` arguments.
         with_mask: False builds Faster R-CNN (no mask head).
-        **detector_kwargs: ``MaskRCNN`` arguments (pixel_mean, mask_thresh, ...).
+        pixel_mean, pixel_std, size_divisibility, mask_thresh: see ``MaskRCNN``.
     """
-    pretrained = weights_backbone is not None
-    if not 0 <= trainable_backbone_layers <= 5:
-        raise ValueError(
-            f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}"
+
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 50,
+        weights_backbone: str | None = None,
+        trainable_backbone_layers: int = 3,
+        frozen_bn: bool | None = None,
+        aligned: bool = True,
+        fpn_channels: int = 256,
+        anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_kwargs: dict | None = None,
+        box_head_kwargs: dict | None = None,
+        mask_head_kwargs: dict | None = None,
+        with_mask: bool = True,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        size_divisibility: int = 32,
+        mask_thresh: float = 0.5,
+    ) -> None:
+        pretrained = weights_backbone is not None
+        if not 0 <= trainable_backbone_layers <= 5:
+            raise ValueError(
+                f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}"
+            )
+        backbone = ResNetBackbone(
+            depth=depth,
+            weights=weights_backbone,
+            frozen_bn=pretrained if frozen_bn is None else frozen_bn,
+            freeze_at=5 - trainable_backbone_layers if pretrained else 0,
         )
-    backbone = ResNetBackbone(
-        depth=depth,
-        weights=weights_backbone,
-        frozen_bn=pretrained if frozen_bn is None else frozen_bn,
-        freeze_at=5 - trainable_backbone_layers if pretrained else 0,
-    )
-    neck = FPN(backbone.out_channels, backbone.strides, fpn_channels)
-    levels = list(neck.strides)
-    anchors = AnchorGenerator(
-        sizes=[(s,) for s in anchor_sizes],
-        aspect_ratios=[tuple(aspect_ratios)] * len(anchor_sizes),
-        strides=[neck.strides[lvl] for lvl in levels],
-    )
-    rpn = RPN(
-        RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-        anchors,
-        in_features=levels,
-        **dict(rpn_kwargs or {}),
-    )
-    roi_levels = [lvl for lvl in levels if neck.strides[lvl] <= 32]  # P2..P5
-    box_head = BoxRoIHead(
-        fpn_channels, num_classes, neck.strides, in_features=roi_levels, aligned=aligned,
-        **dict(box_head_kwargs or {}),
-    )
-    mask_head = None
-    if with_mask:
-        mask_kwargs = {"aligned": aligned, "target_aligned": aligned}
-        mask_kwargs.update(mask_head_kwargs or {})
-        mask_head = MaskRoIHead(
-            fpn_channels, num_classes, neck.strides, in_features=roi_levels, **mask_kwargs
+        neck = FPN(backbone.out_channels, backbone.strides, fpn_channels)
+        levels = list(neck.strides)
+        anchors = AnchorGenerator(
+            sizes=[(s,) for s in anchor_sizes],
+            aspect_ratios=[tuple(aspect_ratios)] * len(anchor_sizes),
+            strides=[neck.strides[lvl] for lvl in levels],
         )
-    return MaskRCNN(backbone, neck, rpn, box_head, mask_head, **detector_kwargs)
+        rpn = RPN(
+            RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+            anchors,
+            in_features=levels,
+            **dict(rpn_kwargs or {}),
+        )
+        roi_levels = [lvl for lvl in levels if neck.strides[lvl] <= 32]  # P2..P5
+        box_head = BoxRoIHead(
+            fpn_channels, num_classes, neck.strides, in_features=roi_levels, aligned=aligned,
+            **dict(box_head_kwargs or {}),
+        )
+        mask_head = None
+        if with_mask:
+            mask_kwargs = {"aligned": aligned, "target_aligned": aligned}
+            mask_kwargs.update(mask_head_kwargs or {})
+            mask_head = MaskRoIHead(
+                fpn_channels, num_classes, neck.strides, in_features=roi_levels, **mask_kwargs
+            )
+        super().__init__(
+            backbone, neck, rpn, box_head, mask_head, pixel_mean=pixel_mean, pixel_std=pixel_std,
+            size_divisibility=size_divisibility, mask_thresh=mask_thresh,
+        )
 
 
+# ---------------------------------------------------------------------- builders
 def mask_rcnn_r50_fpn(
     num_classes: int,
     weights_backbone: str | None = None,
@@ -305,9 +318,9 @@ def mask_rcnn_r50_fpn(
 ) -> MaskRCNN:
     """Mask R-CNN R50-FPN with the paper's settings (``aligned=True`` RoIAlign).
 
-    See ``mask_rcnn_resnet_fpn`` for the arguments.
+    See ``MaskRCNNResNetFPN`` for the arguments.
     """
-    return mask_rcnn_resnet_fpn(
+    return MaskRCNNResNetFPN(
         num_classes,
         depth=50,
         weights_backbone=weights_backbone,
@@ -446,43 +459,3 @@ def load_torchvision_maskrcnn(
             f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
         )
     return missing, unexpected
-
-
-# ------------------------------------------------------------------------- YAML experiments
-class MaskRCNNResNetFPN(MaskRCNN):
-    """``mask_rcnn_resnet_fpn`` as a class, so an experiment YAML can name it in ``class_path``
-    (LightningCLI instantiates classes, not builder functions) and ``num_classes`` is linked
-    from the DataModule. The parts, parameter names and state-dict keys are those of
-    ``MaskRCNN``; see ``mask_rcnn_resnet_fpn`` for the arguments.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        depth: int = 50,
-        weights_backbone: str | None = None,
-        trainable_backbone_layers: int = 3,
-        frozen_bn: bool | None = None,
-        aligned: bool = True,
-        fpn_channels: int = 256,
-        anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        rpn_kwargs: dict | None = None,
-        box_head_kwargs: dict | None = None,
-        mask_head_kwargs: dict | None = None,
-        with_mask: bool = True,
-        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
-        size_divisibility: int = 32,
-        mask_thresh: float = 0.5,
-    ) -> None:
-        built = mask_rcnn_resnet_fpn(
-            num_classes, depth=depth, weights_backbone=weights_backbone,
-            trainable_backbone_layers=trainable_backbone_layers, frozen_bn=frozen_bn,
-            aligned=aligned, fpn_channels=fpn_channels, anchor_sizes=anchor_sizes,
-            aspect_ratios=aspect_ratios, rpn_kwargs=rpn_kwargs, box_head_kwargs=box_head_kwargs,
-            mask_head_kwargs=mask_head_kwargs, with_mask=with_mask,
-        )
-        super().__init__(built.backbone, built.neck, built.rpn, built.box_head, built.mask_head,
-                         pixel_mean=pixel_mean, pixel_std=pixel_std,
-                         size_divisibility=size_divisibility, mask_thresh=mask_thresh)
