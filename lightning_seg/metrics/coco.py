@@ -17,6 +17,13 @@ Conventions (each one the common practice, written down because it changes numbe
 * Keypoint AP uses COCO's 20 detections per image and per-dataset OKS sigmas
   (``kpt_sigmas``; COCO's 17 person sigmas by default). A keypoint result's area is its box
   area when it has a box (pycocotools ``loadRes``), else the extent of its keypoints.
+* Keypoint coordinates (detectron2's convention): in memory, keypoints are in the continuous
+  frame of boxes and masks (pixel ``(i, j)``'s centre is ``(j + 0.5, i + 0.5)``; the COCO
+  reader adds 0.5 to the JSON's values); COCO JSON holds pixel indices. Whatever is written as
+  COCO (``predictions_to_coco_results``, and the ground truth and results ``COCOEvaluator``
+  builds in memory) gets ``x - 0.5, y - 0.5`` (``keypoints_to_coco``): ground truth for
+  labelled keypoints only, predictions for all. Files (``evaluate_coco_files``) are already in
+  COCO's convention and are used as they are.
 * With ``max_dets`` other than (1, 10, 100), AP and the area-range numbers use the largest
   value (pycocotools' ``summarize`` would print -1 there; faster-coco-eval does the same as us).
 """
@@ -305,6 +312,35 @@ def _xywh(boxes: Tensor) -> list[list[float]]:
     return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # [N, 4]
 
 
+#: COCO keypoint pixel index = continuous coordinate - 0.5 (module docstring).
+COCO_KEYPOINT_OFFSET = 0.5
+
+
+def keypoints_to_coco(keypoints: np.ndarray | Tensor, labelled_only: bool) -> np.ndarray:
+    """Continuous-frame keypoints -> COCO's pixel-index convention (``x - 0.5, y - 0.5``).
+
+    The inverse of what the COCO reader does at load (detectron2 adds 0.5 when reading COCO
+    and subtracts it in ``instances_to_coco_json``). Float32 arithmetic, as the values are
+    stored.
+
+    Args:
+        keypoints: ``[N, K, 3]`` ``(x, y, visibility)`` or ``(x, y, score)``.
+        labelled_only: shift only keypoints with visibility > 0 (ground truth: unlabelled ones
+            stay ``(0, 0, 0)`` as COCO writes them); False shifts every keypoint (predictions).
+
+    Returns:
+        ``float32[N, K, 3]``, a copy.
+    """
+    if isinstance(keypoints, Tensor):
+        keypoints = keypoints.detach().to("cpu", torch.float32).numpy()
+    out = np.array(keypoints, dtype=np.float32)  # [N, K, 3], a copy
+    if labelled_only:
+        out[..., :2][out[..., 2] > 0] -= COCO_KEYPOINT_OFFSET
+    else:
+        out[..., :2] -= COCO_KEYPOINT_OFFSET
+    return out
+
+
 def _category_map(category_ids: Sequence[int] | None, num: int) -> list[int]:
     return list(category_ids) if category_ids is not None else list(range(1, num + 1))
 
@@ -326,7 +362,9 @@ def predictions_to_coco_results(
     Returns:
         One dict per detection: ``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score``,
         plus ``segmentation`` (RLE, ``counts`` as str) with masks and ``keypoints``
-        (flat x, y, score) with keypoints. Coordinates are written as given.
+        (flat x, y, score) with keypoints. Boxes are written as given; keypoints in COCO's
+        pixel-index convention, ``x - 0.5, y - 0.5`` (``keypoints_to_coco``), so that the file
+        matches COCO ground truth.
     """
     if len(preds) != len(image_ids):
         raise ValueError(f"got {len(preds)} predictions for {len(image_ids)} image ids")
@@ -349,7 +387,7 @@ def predictions_to_coco_results(
         rles = encode_masks(pred.masks, mask_thresh) if pred.masks is not None else None
         kpts = None
         if pred.keypoints is not None:
-            kpts = pred.keypoints.detach().cpu().reshape(n, -1).tolist()  # [N, K * 3]
+            kpts = keypoints_to_coco(pred.keypoints, labelled_only=False).reshape(n, -1).tolist()
         for i in range(n):
             rec = {"image_id": int(image_id), "category_id": int(cats[i]), "bbox": boxes[i]}
             rec["score"] = scores[i]
@@ -750,7 +788,16 @@ class COCOEvaluator(Metric):
             for rec, box in zip(records, boxes):
                 rec.update(bbox=box, area=box[2] * box[3])
         if iou_type == "keypoints":
-            for rec, kpts in zip(records, data[f"{prefix}_kpts"][sel].tolist()):
+            # Targets and predictions are both in the continuous frame. OKS only sees
+            # differences of keypoints, except where a ground truth has no labelled keypoint:
+            # then COCOeval measures the detection's keypoints against the ground-truth box,
+            # and COCO files pair pixel-index keypoints with continuous boxes. So both sides
+            # are written as COCO holds them (ground truth labelled keypoints and every
+            # predicted keypoint - 0.5, boxes unchanged): the numbers are those of pycocotools
+            # on the dataset's JSON and the results file of ``predictions_to_coco_results``.
+            flat = data[f"{prefix}_kpts"][sel]  # [n, K*3]
+            coco = keypoints_to_coco(flat.reshape(len(sel), flat.shape[1] // 3, 3), is_gt)
+            for rec, kpts in zip(records, coco.reshape(len(sel), -1).tolist()):
                 rec["keypoints"] = kpts
                 if is_gt:
                     rec["num_keypoints"] = sum(1 for v in kpts[2::3] if v > 0)
@@ -1062,7 +1109,9 @@ def evaluate_coco_files(
 
     Both files are checked first: a results record whose image or category is not in the
     ground truth, a malformed RLE / box / keypoint list, or invalid JSON raises ``DataError``
-    naming the file and the records (never a silently wrong number).
+    naming the file and the records (never a silently wrong number). Keypoints of both files
+    are in COCO's pixel-index convention (what ``predictions_to_coco_results`` writes), so
+    they are compared as they are.
 
     Args:
         gt_json: COCO dataset JSON (``images``, ``annotations``, ``categories``).

@@ -34,6 +34,9 @@ from torchmetrics import Metric
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics._exact_sum import from_fixed, to_fixed
 
+#: COCO keypoint files hold pixel indices; + 0.5 gives the continuous frame (detectron2).
+COCO_KEYPOINT_OFFSET = 0.5
+
 __all__ = [
     "NME",
     "PCK",
@@ -364,6 +367,11 @@ def load_keypoint_pairs(
     ``annotation_id`` goes to that annotation; the others are assigned per image greedily by
     smallest mean distance over the labelled keypoints. Unmatched predictions are ignored.
 
+    Both files hold COCO's pixel indices; the tensors returned are in the continuous frame of
+    the COCO reader (``lightning_seg.data.formats.coco``): ``+ 0.5`` on ``x, y`` of labelled
+    ground-truth keypoints (unlabelled ones stay as written) and of every prediction. The
+    metrics only see differences and box sizes, so their numbers do not depend on it.
+
     Args:
         gt_json: ground-truth file.
         dt_json: prediction file.
@@ -390,12 +398,16 @@ def load_keypoint_pairs(
     if not isinstance(dts, list):
         raise DataError(f"{dt_json}: expected a list of results or {{'annotations': [...]}}.")
 
-    def parse_kpts(values, where: str) -> Tensor:
+    def parse_kpts(values, where: str, labelled_only: bool) -> Tensor:
+        """``[K, 3]`` from a flat COCO list, moved to the continuous frame (pixel index + 0.5)."""
         if not isinstance(values, list) or len(values) % 3 or not values:
             raise DataError(
                 f"{where}: 'keypoints' must be a flat list [x1, y1, v1, x2, ...], got {str(values)[:80]}"
             )
-        return torch.tensor(values, dtype=torch.float64).view(-1, 3)  # [K, 3]
+        k = torch.tensor(values, dtype=torch.float64).view(-1, 3)  # [K, 3]
+        shift = k[:, 2:] > 0 if labelled_only else torch.ones_like(k[:, 2:], dtype=torch.bool)
+        k[:, :2] += torch.where(shift, COCO_KEYPOINT_OFFSET, 0.0)  # [K, 2]
+        return k
 
     anns, by_id = [], {}
     num_k = None
@@ -403,7 +415,7 @@ def load_keypoint_pairs(
         where = f"{gt_json}: annotations[{i}] (id {a.get('id') if isinstance(a, dict) else '?'})"
         if not isinstance(a, dict) or "keypoints" not in a or "image_id" not in a:
             raise DataError(f"{where}: needs 'image_id' and 'keypoints'.")
-        k = parse_kpts(a["keypoints"], where)
+        k = parse_kpts(a["keypoints"], where, labelled_only=True)
         num_k = num_k or k.shape[0]
         if k.shape[0] != num_k:
             raise DataError(f"{where}: {k.shape[0]} keypoints, other annotations have {num_k}.")
@@ -426,7 +438,7 @@ def load_keypoint_pairs(
         where = f"{dt_json}: result [{j}]"
         if not isinstance(d, dict) or "keypoints" not in d or "image_id" not in d:
             raise DataError(f"{where}: needs 'image_id' and 'keypoints'.")
-        k = parse_kpts(d["keypoints"], where)
+        k = parse_kpts(d["keypoints"], where, labelled_only=False)
         if k.shape[0] != num_k:
             raise DataError(f"{where}: {k.shape[0]} keypoints, the ground truth has {num_k}.")
         if "annotation_id" in d:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -178,9 +179,76 @@ def test_keypoints_coco_mini(shared_data):
         ref = [coco.anns[int(a)]["keypoints"] for a in ds.annotation_ids(i)]
         kp = s.instances.keypoints.numpy()
         assert kp.shape == (len(ref), 17, 3)
-        np.testing.assert_array_equal(kp.reshape(len(ref), -1), np.array(ref).reshape(len(ref), -1))
+        # COCO pixel indices + 0.5 (continuous frame) for labelled keypoints, (0, 0, 0) otherwise
+        expected = np.array(ref, dtype=np.float32).reshape(len(ref), 17, 3)
+        expected[..., :2][expected[..., 2] > 0] += 0.5
+        np.testing.assert_array_equal(kp, expected)
         total += len(ref)
     assert total == 10
+
+
+def _keypoint_coco(tmp_path, height=19, width=37):
+    """One odd-sized image, two people with keypoints ``left, right`` as COCO pixel indices:
+    the first has both labelled (v = 2 and v = 1), the second only its right one."""
+    _write_image(tmp_path / "kp.png", height, width)
+    doc = {
+        "images": [{"id": 5, "file_name": "kp.png", "height": height, "width": width}],
+        "categories": [{"id": 1, "name": "person", "keypoints": ["left", "right"],
+                        "skeleton": [[1, 2]]}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 1, "iscrowd": 0, "area": 60.0,
+             "bbox": [2, 3, 10, 6], "keypoints": [4, 7, 2, 9, 3, 1], "num_keypoints": 2},
+            {"id": 2, "image_id": 5, "category_id": 1, "iscrowd": 0, "area": 40.0,
+             "bbox": [20, 10, 8, 5], "keypoints": [0, 0, 0, 36, 18, 2], "num_keypoints": 1},
+        ],
+    }  # fmt: skip
+    ann_file = tmp_path / "kp.json"
+    ann_file.write_text(json.dumps(doc))
+    return tmp_path, ann_file
+
+
+def test_keypoints_read_as_pixel_centres_labelled_only(tmp_path):
+    """COCO pixel index j -> continuous j + 0.5 (detectron2); unlabelled stay (0, 0, 0)."""
+    image_dir, ann_file = _keypoint_coco(tmp_path)
+    ds = CocoInstanceDataset(image_dir, ann_file, with_masks=False, with_keypoints=True)
+    expected = [
+        [[4.5, 7.5, 2.0], [9.5, 3.5, 1.0]],
+        [[0.0, 0.0, 0.0], [36.5, 18.5, 2.0]],  # the last pixel's centre: (W - 0.5, H - 0.5)
+    ]
+    assert ds[0].instances.keypoints.tolist() == expected
+    assert ds.index.ann_keypoints.tolist() == expected
+    small = CocoIndex.build(ann_file, with_masks=False, with_keypoints=True, chunk_bytes=1)
+    assert small.ann_keypoints.tolist() == expected
+
+
+def test_hflip_of_a_coco_keypoint_exports_to_the_mirrored_pixel_index(tmp_path):
+    """Read (j + 0.5), flip in the continuous frame (W - x), export (- 0.5): W - 1 - j."""
+    A = pytest.importorskip("albumentations")
+    from lightning_seg.data.transforms import AlbumentationsTransform
+    from lightning_seg.metrics.coco import predictions_to_coco_results
+    from lightning_seg.structures import InstancePredictions
+
+    height, width = 19, 37
+    image_dir, ann_file = _keypoint_coco(tmp_path, height, width)
+    doc = json.loads(ann_file.read_text())
+    ds = CocoInstanceDataset(image_dir, ann_file, with_masks=False, with_keypoints=True)
+    sample = ds[0]
+    flip = AlbumentationsTransform([A.HorizontalFlip(p=1.0)]).bind(ds.info)
+    out = flip(sample).instances
+    pred = InstancePredictions(
+        out.boxes, torch.ones(len(out)), out.labels, out.image_size, keypoints=out.keypoints
+    )
+    records = predictions_to_coco_results([pred], [5], ds.info.category_ids)
+    perm = ds.info.flip_permutation()  # a flip swaps left and right
+    for ann, rec in zip(doc["annotations"], records):
+        src = np.array(ann["keypoints"], dtype=np.float64).reshape(-1, 3)[perm]
+        got = np.array(rec["keypoints"]).reshape(-1, 3)
+        labelled = src[:, 2] > 0
+        np.testing.assert_array_equal(got[labelled, 0], width - 1 - src[labelled, 0])
+        np.testing.assert_array_equal(got[labelled, 1], src[labelled, 1])
+        np.testing.assert_array_equal(got[labelled, 2], src[labelled, 2])
+    # the right keypoint of person 2 at the last column (36) lands at column 0 as its left one
+    assert records[1]["keypoints"][:2] == [0.0, 18.0]
 
 
 def test_keypoints_mmpose_coco(shared_data):

@@ -192,13 +192,44 @@ def _check_keypoints(root: Path, info) -> set[int]:
                 if v == 0:
                     assert x == y == 0
                     continue
-                under = int(ids[int(y), int(x)])
+                # COCO pixel indices: pixel column j spans x in [j - 0.5, j + 0.5)
+                under = int(ids[int(np.floor(y + 0.5)), int(np.floor(x + 0.5))])
                 category, number = divmod(under, SEGMENT_ID_BASE)
                 on_later_thing = category in THING_IDS and number > depth
                 assert on_later_thing == (v == 1)
                 if k == 0 and v == 2:
                     assert under == own  # a visible centre lies on its own shape
     return seen
+
+
+def test_keypoints_json_is_coco_pixel_indices_and_reads_back_exactly(world):
+    """The JSON holds what COCO would (continuous - 0.5 for labelled keypoints); the COCO
+    reader gives back the generator's in-memory (continuous) keypoints."""
+    from lightning_seg.data.formats.coco import CocoInstanceDataset
+
+    config = read_world_config(world)
+    checked = 0
+    for split in ("train", "val"):
+        root = world / split
+        coco = COCO(str(root / "keypoints.json"))  # pycocotools loads it
+        reader = CocoInstanceDataset(root / "images", root / "keypoints.json", with_keypoints=True)
+        for i in range(len(reader)):
+            scene = render_image(config, split, i)
+            image_id = reader[i].meta.image_id
+            expected = np.zeros((len(scene.layers), len(KEYPOINT_NAMES), 3))  # [N, K, 3]
+            for k, layer in enumerate(scene.layers):
+                if not layer.iscrowd:
+                    expected[k] = scene.keypoints(k)  # continuous frame
+            got = reader[i].instances.keypoints.numpy()
+            np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+            in_file = np.array([a["keypoints"] for a in _annotations(coco, image_id)])
+            in_file = in_file.reshape(expected.shape)
+            labelled = expected[..., 2] > 0
+            shifted = np.where(labelled[..., None], expected[..., :2] - 0.5, 0.0)
+            np.testing.assert_allclose(in_file[..., :2], shifted, atol=1e-9, rtol=0)
+            np.testing.assert_array_equal(in_file[..., 2], expected[..., 2])
+            checked += int(labelled.sum())
+    assert checked > 50
 
 
 @pytest.mark.parametrize("kind", THING_NAMES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import sys
@@ -248,6 +250,108 @@ def test_results_writer_round_trip_equals_streaming(tmp_path):
         stats = evaluate_coco_files(gt_path, dt_path, iou_type)
         ours = _ours(out, iou_type, list(stats))
         assert ours == pytest.approx(list(stats.values()), abs=1e-9), iou_type
+
+
+def test_results_writer_exports_keypoints_as_coco_pixel_indices():
+    """Predicted keypoints are continuous; the results file holds x - 0.5, y - 0.5 (every
+    keypoint, the score untouched), as detectron2's ``instances_to_coco_json``."""
+    kpts = torch.tensor(
+        [[[4.5, 7.5, 0.9], [10.0, 0.25, 0.0]], [[36.5, 18.5, 0.3], [0.5, 0.5, 1.0]]]
+    )  # [N, K, 3] (x, y, score)
+    boxes = torch.tensor([[1.0, 2.0, 11.0, 9.0], [20.0, 10.0, 37.0, 19.0]])
+    scores, labels = torch.tensor([0.8, 0.6]), torch.tensor([0, 0])
+    pred = InstancePredictions(boxes, scores, labels, (19, 37), keypoints=kpts)
+    records = predictions_to_coco_results([pred], [5])
+    assert [r["keypoints"] for r in records] == [
+        [4.0, 7.0, pytest.approx(0.9), 9.5, -0.25, 0.0],
+        [36.0, 18.0, pytest.approx(0.3), 0.0, 0.0, 1.0],
+    ]
+    assert records[0]["bbox"] == [1.0, 2.0, 10.0, 7.0]  # boxes are not shifted
+    assert pred.keypoints[0, 0, 0] == 4.5  # the predictions are left as they were
+
+
+def _keypoint_gt_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Small people (OKS is sensitive to a 0.5 px shift there) as COCO pixel indices on two
+    images; some keypoints unlabelled, one person without any labelled keypoint."""
+    from PIL import Image
+
+    sizes = {1: (31, 45), 2: (27, 20)}  # image id -> (H, W)
+    (tmp_path / "img").mkdir()
+    images = []
+    for image_id, (h, w) in sizes.items():
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "img" / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w})
+    people = [  # image id, bbox, keypoints (x, y, v) * 4
+        (1, [2, 3, 10, 12], [4, 5, 2, 9, 6, 2, 6, 12, 1, 0, 0, 0]),
+        (1, [20, 14, 9, 11], [22, 16, 2, 27, 16, 2, 24, 20, 2, 25, 24, 2]),
+        (1, [35, 2, 9, 8], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # no labelled keypoint
+        (2, [3, 4, 12, 14], [5, 6, 2, 13, 6, 1, 0, 0, 0, 9, 16, 2]),
+        (2, [0, 17, 19, 9], [1, 18, 2, 18, 18, 2, 10, 25, 2, 14, 22, 1]),
+    ]
+    anns = [
+        {"id": k + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+         "bbox": box, "area": float(box[2] * box[3]), "keypoints": kpts,
+         "num_keypoints": sum(v > 0 for v in kpts[2::3])}
+        for k, (image_id, box, kpts) in enumerate(people)
+    ]  # fmt: skip
+    names = ["left_eye", "right_eye", "left_hand", "right_hand"]
+    categories = [{"id": 1, "name": "person", "keypoints": names, "skeleton": []}]
+    gt = {"images": images, "annotations": anns, "categories": categories}
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt))
+    return tmp_path / "img", gt_path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keypoint_ap_of_ground_truth_fed_back_is_one_and_equals_pycocotools(tmp_path, backend):
+    """The ground truth fed back as predictions, in the continuous frame (the pixel centres,
+    which is what the COCO reader returns): COCOEvaluator keypoint AP is 1.0 against the
+    reader's targets, and pycocotools on the GT JSON + the exported results file agrees."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from lightning_seg.data.formats.coco import CocoInstanceDataset
+
+    sigmas = [0.025, 0.025, 0.035, 0.035]
+    image_dir, gt_path = _keypoint_gt_files(tmp_path)
+    gt = json.loads(gt_path.read_text())
+    ds = CocoInstanceDataset(image_dir, gt_path, with_masks=False, with_keypoints=True)
+    preds, targets, ids = [], [], []
+    for i in range(len(ds)):
+        target = ds[i].instances
+        anns = [a for a in gt["annotations"] if a["image_id"] == ds[i].meta.image_id]
+        # the ground truth as a model in the continuous frame predicts it: the pixel centres
+        centres = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).view(-1, 4, 3)
+        centres[..., :2] += 0.5
+        labelled = target.keypoints[..., 2] > 0
+        assert torch.equal(target.keypoints[labelled], centres[labelled])  # = the reader's
+        keep = labelled.any(1)  # a person without labelled keypoints gets no prediction
+        n = int(keep.sum())
+        kpts = centres[keep].clone()
+        kpts[..., 2] = 1.0  # keypoint scores
+        preds.append(
+            InstancePredictions(target.boxes[keep], torch.ones(n), target.labels[keep],
+                                target.image_size, keypoints=kpts)
+        )  # fmt: skip
+        targets.append(target)
+        ids.append(ds[i].meta.image_id)
+    metric = COCOEvaluator(("keypoints",), category_ids=ds.info.category_ids, kpt_sigmas=sigmas,
+                           backend=backend)  # fmt: skip
+    metric.update(preds, targets, ids)
+    ours = _ours(metric.compute(), "keypoints", KEYPOINT_STAT_NAMES)
+    assert ours[0] == pytest.approx(1.0)  # AP
+    records = predictions_to_coco_results(preds, ids, ds.info.category_ids)
+    dt_path = _write(tmp_path / "dt.json", records)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_path))
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dt_path), "keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    np.testing.assert_allclose(ours, ev.stats, atol=1e-6, rtol=0)
+    stats = evaluate_coco_files(str(gt_path), dt_path, "keypoints", sigmas, backend=backend)
+    np.testing.assert_allclose(list(stats.values()), ev.stats, atol=1e-6, rtol=0)
 
 
 def test_bad_results_files_name_the_record(tmp_path):

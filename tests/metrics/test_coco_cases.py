@@ -102,7 +102,8 @@ def reference_coco(
     category_ids: list[int] | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """The case as a COCO ground-truth dict and results lists (per IoU type), written the
-    plain way (standard-orientation RLE, no ``bbox`` in mask results)."""
+    plain way (standard-orientation RLE, no ``bbox`` in mask results; keypoints as COCO pixel
+    indices: the continuous coordinates - 0.5, ground truth for labelled keypoints only)."""
     cat = (lambda i: category_ids[i]) if category_ids is not None else (lambda i: i + 1)
     images, anns = [], []
     results: dict[str, list[dict]] = {"bbox": [], "segm": [], "keypoints": []}
@@ -118,7 +119,8 @@ def reference_coco(
             ann["iscrowd"] = int(t.iscrowd[j])
             ann["segmentation"] = mask_utils.encode(m)
             if t.keypoints is not None:
-                k = t.keypoints[j]
+                k = t.keypoints[j].clone()
+                k[k[:, 2] > 0, :2] -= 0.5  # COCO pixel indices: labelled keypoints - 0.5
                 ann["keypoints"] = k.flatten().tolist()
                 ann["num_keypoints"] = int((k[:, 2] > 0).sum())
             anns.append(ann)
@@ -134,7 +136,7 @@ def reference_coco(
                 segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
                 results["segm"].append(dict(base, segmentation=segmentation))
             if p.keypoints is not None:
-                kpts = p.keypoints[j].flatten().tolist()
+                kpts = (p.keypoints[j] - torch.tensor([0.5, 0.5, 0.0])).flatten().tolist()
                 results["keypoints"].append(dict(base, bbox=box, keypoints=kpts))
     used = {a["category_id"] for a in anns} | {r["category_id"] for r in results["bbox"]}
     cats = category_ids if category_ids is not None else sorted(used)

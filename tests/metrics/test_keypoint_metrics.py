@@ -192,6 +192,25 @@ def test_coco_pairs_greedy_matching_and_missing(shared_data, tmp_path):
         load_keypoint_pairs(gt_path, dt_path, require_all=False)
 
 
+def test_coco_pairs_are_read_into_the_continuous_frame(tmp_path):
+    """As the COCO reader: ground truth + 0.5 where labelled ((0, 0, 0) stays), predictions
+    + 0.5 everywhere; the metrics, which see only differences, do not change."""
+    gt = {"annotations": [
+        {"id": 1, "image_id": 1, "bbox": [2, 3, 10, 12], "keypoints": [4, 5, 2, 0, 0, 0, 9, 6, 1]},
+    ]}  # fmt: skip
+    dt = [{"image_id": 1, "keypoints": [5, 5, 0.9, 3, 3, 0.0, 9, 8, 0.5], "score": 1.0}]
+    gt_path, dt_path = tmp_path / "gt.json", tmp_path / "dt.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(dt))
+    pairs = load_keypoint_pairs(gt_path, dt_path, require_all=True)
+    assert pairs["target"].tolist() == [[[4.5, 5.5, 2.0], [0.0, 0.0, 0.0], [9.5, 6.5, 1.0]]]
+    assert pairs["preds"].tolist() == [[[5.5, 5.5], [3.5, 3.5], [9.5, 8.5]]]
+    assert pairs["boxes"].tolist() == [[2.0, 3.0, 12.0, 15.0]]
+    m = PCK(num_keypoints=3, alpha=0.1)  # 0.1 * 12 = 1.2 px: the first keypoint (1 px) only
+    m.update(pairs["preds"], pairs["target"], pairs["boxes"])
+    assert float(m.compute()["pck"]) == 0.5
+
+
 def test_bad_shapes_and_nan():
     m = PCK(num_keypoints=3)
     with pytest.raises(ValueError, match="keypoints"):

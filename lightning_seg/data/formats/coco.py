@@ -36,6 +36,15 @@ image size differs from the JSON           item time: ``DataError``
 grayscale / RGBA / 16-bit / palette image  item time: converted to RGB, counted as repaired
 keypoints of the wrong length              index time: ``DataError``
 =========================================  ===========================================
+
+Keypoint coordinates (detectron2's convention, ``detectron2/data/datasets/coco.py``): COCO
+stores keypoints as pixel indices, ``x`` in ``[0, W - 1]``, ``y`` in ``[0, H - 1]``. Boxes,
+masks, the transforms and the synthetic world use the continuous frame in which pixel
+``(row i, column j)`` covers ``[j, j + 1] x [i, i + 1]`` and its centre is
+``(j + 0.5, i + 0.5)``. The reader therefore adds 0.5 to ``x`` and ``y`` of every labelled
+keypoint (``v > 0``) at load; unlabelled keypoints stay ``(0, 0, 0)`` as COCO writes them.
+Writers to COCO JSON subtract 0.5 again (``lightning_seg.metrics.coco``), so a flip in the
+continuous frame (``x -> W - x``) lands at pixel index ``W - 1 - j`` in the file.
 """
 
 from __future__ import annotations
@@ -68,6 +77,8 @@ COCO_PERSON_KEYPOINT_NAMES = [
 ]  # fmt: skip
 
 CLIP_EPS = 1e-3  # boxes overshooting the image by less than this are clipped silently
+#: Added to COCO's keypoint pixel indices to get the continuous frame (module docstring).
+COCO_KEYPOINT_OFFSET = 0.5
 
 
 def count_records(
@@ -215,7 +226,8 @@ class CocoIndex:
         ann_iscrowd: ``bool[N]``.
         ann_areas: ``float32[N]`` the JSON ``area`` (NaN when absent).
         ann_segments: ``int64[N]`` row in ``segments`` (-1 without masks).
-        ann_keypoints: ``float32[N, K, 3]`` or None.
+        ann_keypoints: ``float32[N, K, 3]`` ``(x, y, v)`` in the continuous frame (the JSON's
+            pixel indices + 0.5 where ``v > 0``; ``(0, 0, 0)`` unlabelled), or None.
         segments: the segmentations (rows in file order).
         categories: the JSON categories sorted by id (small dicts).
         image_lists: per-image integer lists kept from image records (LVIS federated
@@ -410,6 +422,10 @@ class CocoIndex:
                 )
             has = lengths > 0
             kps[has] = flat.reshape(-1, num_kp, 3)  # [N', K, 3]
+            # COCO pixel indices -> continuous frame (pixel centres at +0.5): labelled only,
+            # unlabelled keypoints stay (0, 0, 0). See the module docstring.
+            labelled = kps[..., 2] > 0  # [N, K]
+            kps[..., :2][labelled] += COCO_KEYPOINT_OFFSET
 
         # kept annotations, grouped by image
         kept = np.flatnonzero(keep)
@@ -491,7 +507,8 @@ class CocoInstanceDataset(Dataset):
         with_masks: decode instance masks (``Sample.instances.masks``); annotations without a
             segmentation are then skipped (counted).
         with_keypoints: return ``Sample.instances.keypoints`` ``[N, K, 3]`` (zeros for
-            annotations without keypoints).
+            annotations without keypoints), in the continuous frame of the boxes: the JSON's
+            pixel indices + 0.5 for labelled keypoints (module docstring).
         drop_empty: leave out images without any kept annotation (training usually does).
         keypoint_sigmas: OKS sigmas; default COCO's 17 when the keypoint names are COCO's.
         chunk_bytes: JSON slice size while indexing (memory vs. speed; tests use tiny ones).

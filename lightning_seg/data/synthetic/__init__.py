@@ -22,6 +22,8 @@ Layout of ``DIR/{train,val}/`` for still images (``NNNNNN.png`` names):
   points where the shape's own up/down/left/right axes leave its outline) and a 1-based
   ``skeleton``; the top level has ``flip_map`` name pairs. Visibility: 2 visible, 1 hidden
   under another shape, 0 outside the image (x = y = 0). Crowd groups have no keypoints.
+  Coordinates are COCO pixel indices (the scene's continuous ``(x, y)`` minus 0.5, the
+  centre of pixel ``(i, j)`` being ``(j, i)``); the COCO reader adds the 0.5 back.
 - ``panoptic.json`` + ``panoptic/*.png``: COCO panoptic, id = R + 256 G + 256^2 B,
   0 = void; segment id = ``category_id * 100000 + n`` (n = instance number, 0 for stuff).
 - ``semantic/*.png``: mode L class indices, 255 = void (still images have no void pixels).

@@ -34,8 +34,8 @@ SKELETON: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (0, 4))
 #: OKS sigma of each keypoint (outline points are sharp, so one small value for all).
 KEYPOINT_SIGMAS: tuple[float, ...] = (0.05,) * len(KEYPOINT_NAMES)
 #: Version of the scene generator, stored in ``world.json`` so that a changed generator
-#: regenerates cached worlds.
-GENERATOR_VERSION = 1
+#: regenerates cached worlds. 2: keypoints.json holds COCO pixel indices (continuous - 0.5).
+GENERATOR_VERSION = 2
 
 
 def flip_pairs_by_name(names: tuple[str, ...] | list[str]) -> list[tuple[int, int]]:

@@ -208,6 +208,21 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
+def coco_keypoints(points: np.ndarray) -> list[float]:
+    """Flat COCO ``[x, y, v] * K`` of ``float[K, 3]`` continuous-frame keypoints.
+
+    COCO stores pixel indices (the centre of pixel column ``j`` is ``x = j``), the scene the
+    continuous frame (centre ``j + 0.5``): labelled keypoints are written 0.5 lower, as COCO
+    would hold them, and the COCO reader adds the 0.5 back, so reading the file gives the
+    scene's values. Unlabelled keypoints stay ``(0, 0, 0)``. The scene rounds to 0.01 px, so
+    the shifted values are rounded to 0.01 again (plain decimals in the JSON).
+    """
+    out = np.array(points, dtype=np.float64)  # [K, 3]
+    labelled = out[:, 2] > 0
+    out[labelled, :2] = np.round(out[labelled, :2] - 0.5, 2)
+    return out.reshape(-1).tolist()
+
+
 def _write_json(obj: dict, path: Path) -> None:
     path.write_text(json.dumps(obj, separators=(",", ":")))
 
@@ -253,7 +268,7 @@ def write_image_split(root: Path, config: WorldConfig, split: str) -> None:
             num_visible = int((points[:, 2] > 0).sum())
             instances.append(record)
             keypoints.append(
-                dict(record, keypoints=points.reshape(-1).tolist(), num_keypoints=num_visible)
+                dict(record, keypoints=coco_keypoints(points), num_keypoints=num_visible)
             )
             ann_id += 1
     info = _info(config, split)
