@@ -286,25 +286,28 @@ def mask_ap50(preds: list[InstancePredictions], targets: list[InstanceTargets]) 
     return float(ev.stats[1])
 
 
-@pytest.mark.slow
 def test_overfit_coco_mini_mask_ap50(shared_data):
     """Memorise the 6 real COCO images (short side 200): mask AP50 >= 0.9 on them.
 
-    About 200-300 steps of 3 images (minutes on 2 CPU cores).
+    The anchors are the paper's 32..512 (for an 800-px short side) scaled to 200 px, so the
+    bottles of 3x4 px have an anchor of their size (with 16..256, AP50 hovered at 0.85-0.9).
+    Seed 0 crosses 0.9 at step 140 (2 threads, about 2.5 min). AP50 of these tiny masks swings
+    by +-0.1 between evaluations; seeds 1 and 2 crossed at steps 160 and 180, seed 3 stayed
+    at 0.82-0.89 through step 300, so a change in numerics may move this test's crossing.
     """
     batch, sizes, targets, _, info = load_coco_mini(shared_data, short_side=200)
     torch.manual_seed(0)
-    model = tiny_mask_rcnn(num_classes=info.num_classes)
+    model = tiny_mask_rcnn(num_classes=info.num_classes, anchor_sizes=(8, 16, 32, 64, 128))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ap50, history = 0.0, []
-    for step in range(600):
+    for step in range(300):
         idx = [(3 * step + j) % len(sizes) for j in range(3)]
         model.train()
         losses = model(batch[idx], [sizes[i] for i in idx], [targets[i] for i in idx])
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
-        if (step + 1) % 50 == 0 and step + 1 >= 150:
+        if (step + 1) % 20 == 0 and step + 1 >= 100:
             model.eval()
             with torch.no_grad():
                 ap50 = mask_ap50(model(batch, sizes), targets)
