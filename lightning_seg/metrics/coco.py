@@ -50,7 +50,11 @@ from torchmetrics import Metric
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics.boundary import rle_to_boundary_rle
 from lightning_seg.metrics.rle import encode_masks, encode_masks_transposed, validate_rles
-from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+from lightning_seg.structures.targets import (
+    COCO_KEYPOINT_OFFSET,
+    InstancePredictions,
+    InstanceTargets,
+)
 
 log = logging.getLogger("lightning_seg.metrics")
 
@@ -310,10 +314,6 @@ def _xywh(boxes: Tensor) -> list[list[float]]:
     """``Tensor[N, 4]`` x1y1x2y2 -> N ``[x, y, w, h]`` lists (float32 arithmetic, as stored)."""
     boxes = boxes.detach().to("cpu", torch.float32)
     return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # [N, 4]
-
-
-#: COCO keypoint pixel index = continuous coordinate - 0.5 (module docstring).
-COCO_KEYPOINT_OFFSET = 0.5
 
 
 def keypoints_to_coco(keypoints: np.ndarray | Tensor, labelled_only: bool) -> np.ndarray:

@@ -33,9 +33,7 @@ from torchmetrics import Metric
 
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics._exact_sum import from_fixed, to_fixed
-
-#: COCO keypoint files hold pixel indices; + 0.5 gives the continuous frame (detectron2).
-COCO_KEYPOINT_OFFSET = 0.5
+from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
 
 __all__ = [
     "NME",

@@ -11,6 +11,11 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+#: COCO JSON keypoints are pixel indices (pixel column ``j`` at ``x = j``); in memory they are
+#: in the continuous frame of boxes and masks (its centre at ``j + 0.5``), as detectron2:
+#: readers add this offset to labelled keypoints, writers to COCO JSON subtract it.
+COCO_KEYPOINT_OFFSET = 0.5
+
 
 def _move(obj, device: torch.device | str):
     """Return a copy of a dataclass with every tensor field moved to ``device``."""
@@ -33,7 +38,8 @@ class InstanceTargets:
         masks: ``Tensor[N, H, W]`` bool bitmaps, or None when the dataset has no masks.
         iscrowd: ``Tensor[N]`` bool; crowd regions are ignored by losses and by COCO AP.
         keypoints: ``Tensor[N, K, 3]`` float32 ``(x, y, visibility)`` with COCO visibility
-            (0 not labelled, 1 labelled but hidden, 2 visible), or None.
+            (0 not labelled, 1 labelled but hidden, 2 visible), or None; ``x, y`` in the
+            continuous frame of the boxes (``COCO_KEYPOINT_OFFSET``).
         track_ids: ``Tensor[N]`` int64 identities across video frames, or None.
     """
 

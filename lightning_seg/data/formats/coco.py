@@ -64,6 +64,7 @@ from lightning_seg.data.formats.jsonio import DEFAULT_CHUNK_BYTES, load_json_chu
 from lightning_seg.data.io import DataError
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
+from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
 
 # OKS sigmas of the 17 COCO person keypoints (cocodataset/cocoapi, cocoeval.py).
 COCO_PERSON_KEYPOINT_SIGMAS = [
@@ -77,8 +78,6 @@ COCO_PERSON_KEYPOINT_NAMES = [
 ]  # fmt: skip
 
 CLIP_EPS = 1e-3  # boxes overshooting the image by less than this are clipped silently
-#: Added to COCO's keypoint pixel indices to get the continuous frame (module docstring).
-COCO_KEYPOINT_OFFSET = 0.5
 
 
 def count_records(

@@ -37,6 +37,7 @@ from lightning_seg.data.synthetic.scene import (
     sample_image_scene,
     sample_video_scenes,
 )
+from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
 
 #: Split name -> code mixed into every item's random seed.
 SPLITS: dict[str, int] = {"train": 0, "val": 1}
@@ -219,7 +220,7 @@ def coco_keypoints(points: np.ndarray) -> list[float]:
     """
     out = np.array(points, dtype=np.float64)  # [K, 3]
     labelled = out[:, 2] > 0
-    out[labelled, :2] = np.round(out[labelled, :2] - 0.5, 2)
+    out[labelled, :2] = np.round(out[labelled, :2] - COCO_KEYPOINT_OFFSET, 2)
     return out.reshape(-1).tolist()
 
 
