@@ -49,7 +49,12 @@ from torchmetrics import Metric
 
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics.boundary import rle_to_boundary_rle
-from lightning_seg.metrics.rle import encode_masks, encode_masks_transposed, validate_rles
+from lightning_seg.metrics.rle import (
+    encode_masks,
+    encode_masks_transposed,
+    rle_areas,
+    validate_rles,
+)
 from lightning_seg.structures.targets import (
     COCO_KEYPOINT_OFFSET,
     InstancePredictions,
@@ -570,7 +575,7 @@ class COCOEvaluator(Metric):
             types = "/".join(self.iou_types)
             raise ValueError(f"image {image_id}: {types} AP needs {what}.masks, got None")
         rles = encode_masks_transposed(masks, self.mask_thresh)
-        return rles, mask_utils.area(rles).astype(np.float64)
+        return rles, rle_areas(rles).astype(np.float64)
 
     def update(
         self,
@@ -1079,9 +1084,13 @@ def _load_results(dt_json: str, gt: dict, iou_type: str, num_kpts: int) -> list[
     _raise_collected(dt_json, "results records", errors, fix)
     if iou_type in _MASK_IOU_TYPES or iou_type == "bbox":
         with_mask = [d for d in dts if "segmentation" in d]
+        for d in with_mask:
+            seg = d["segmentation"]
+            if isinstance(seg["counts"], list):  # uncompressed RLE: compress (COCO.annToRLE)
+                d["segmentation"] = mask_utils.frPyObjects(seg, *seg["size"])
         if with_mask:
             segs = [d["segmentation"] for d in with_mask]
-            areas = mask_utils.area(segs)
+            areas = rle_areas(segs)
             boxes = mask_utils.toBbox(segs)
             for d, a, b in zip(with_mask, areas.tolist(), boxes.tolist()):
                 if iou_type == "bbox":
