@@ -17,7 +17,7 @@ Subcommands (each prints a readable table, or one JSON object with ``--json``)::
 Bad input (malformed JSON, PNGs of the wrong size, segment ids missing from the JSON, unknown
 category ids...) prints ``lseg-eval: error: <file, record and fix>`` and exits with code 2.
 File formats are described in the functions each subcommand calls:
-``lightning_seg.metrics.coco.evaluate_coco_files``,
+``lightning_seg.metrics.coco_files.evaluate_coco_files``,
 ``lightning_seg.metrics.panoptic.evaluate_panoptic_files``,
 ``lightning_seg.metrics.semantic.evaluate_semantic_folders``,
 ``lightning_seg.metrics.vpq.evaluate_vpq_files`` and
@@ -60,7 +60,8 @@ def _pct(v: float) -> str:
 
 def _run_coco(args: argparse.Namespace) -> tuple[dict, str]:
     try:
-        from lightning_seg.metrics.coco import evaluate_coco_files, format_coco_table
+        from lightning_seg.metrics.coco_eval import format_coco_table
+        from lightning_seg.metrics.coco_files import evaluate_coco_files
     except ImportError as exc:
         raise DataError(f"COCO evaluation is not available ({exc}).") from exc
     stats = evaluate_coco_files(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+import torch
 
-from lightning_seg.metrics.rle import rle_areas
+from lightning_seg.metrics.rle import encode_masks, encode_masks_transposed, rle_areas
 
 
 def _random_masks(seed: int, n: int, h: int, w: int) -> np.ndarray:
@@ -25,6 +26,52 @@ def _random_masks(seed: int, n: int, h: int, w: int) -> np.ndarray:
         else:
             masks[j, :, rng.integers(0, w) :: rng.integers(1, 4)] = True
     return masks
+
+
+def _with_edge_pixels(masks: np.ndarray) -> np.ndarray:
+    """Append masks whose only foreground is at the ends of the column-major order (the first
+    or last pixel, the first or last column), where the 8-byte span search has its edges."""
+    n, h, w = masks.shape
+    extra = np.zeros((6, h, w), dtype=bool)
+    extra[0, 0, 0] = True
+    extra[1, -1, -1] = True
+    extra[2, 0, 0] = extra[2, -1, -1] = True
+    extra[3, :, 0] = True
+    extra[4, :, -1] = True
+    extra[5, -1, 0] = extra[5, 0, -1] = True
+    return np.concatenate([masks, extra])
+
+
+def _pycocotools_encode(masks: np.ndarray) -> list[dict]:
+    """``pycocotools.mask.encode`` of ``bool[N, H, W]`` (Fortran-order ``uint8[H, W, N]``)."""
+    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (3, 5), (7, 3), (37, 53), (64, 64), (2, 250)])
+def test_encode_masks_is_byte_identical_to_pycocotools(shape):
+    """Odd sizes (pixel counts below 8 and not multiples of 8), empty and full masks, masks
+    with foreground only at the span edges, and 300+ masks in one call."""
+    masks = _with_edge_pixels(_random_masks(7 * sum(shape), 300, *shape))
+    reference = _pycocotools_encode(masks)
+    for given in (
+        torch.from_numpy(masks),  # bool
+        torch.from_numpy(masks).to(torch.uint8) * 3,  # integer: non-zero is foreground
+        torch.from_numpy(masks).float() * 0.5 + 0.25,  # probabilities: >= 0.5 is foreground
+    ):
+        ours = encode_masks(given)
+        assert len(ours) == len(reference)
+        for j, (a, b) in enumerate(zip(ours, reference)):
+            assert isinstance(a["counts"], bytes) and a["counts"] == b["counts"], j
+            assert list(a["size"]) == list(b["size"]) == list(shape), j
+    # the transposed encoding is the standard RLE of each transposed mask
+    transposed = _pycocotools_encode(masks.transpose(0, 2, 1))
+    ours_t = encode_masks_transposed(torch.from_numpy(masks))
+    assert [r["counts"] for r in ours_t] == [r["counts"] for r in transposed]
+    assert all(list(a["size"]) == list(b["size"]) for a, b in zip(ours_t, transposed))
+
+
+def test_encode_masks_of_no_masks():
+    assert encode_masks(torch.zeros(0, 5, 7, dtype=torch.bool)) == []
 
 
 def _uncompressed(mask: np.ndarray) -> dict:
