@@ -88,9 +88,11 @@ def test_paste_equals_one_by_one_reference(impl, image_size, mask_size, padding)
     boxes = _mixed_boxes(60, h, w, g)
     ref = _paste_one_by_one_reference(masks, boxes, image_size, padding)
     assert ref.abs().sum() > 0  # some mask is visible: the comparison is not of two zeros
-    for budget in (1 << 30, 16 * 40 * 40, 1):  # one chunk, a few, one mask per chunk
+    # one chunk, a few, one mask per chunk; the CPU default of the padding bound
+    for budget, overhead in [(1 << 30, 1e9), (16 * 40 * 40, 1e9), (1, 1e9), (1 << 30, None)]:
         ours = paste_masks_in_image(
-            masks, boxes, image_size, padding, impl=impl, max_chunk_bytes=budget
+            masks, boxes, image_size, padding, impl=impl, max_chunk_bytes=budget,
+            chunk_overhead_px=overhead,
         )
         _assert_matches(ours, ref, atol=1e-5)
     if impl == "per_box":  # the same arithmetic as the reference: equal to the bit
@@ -157,38 +159,47 @@ def test_paste_rejects_bad_arguments():
         paste_masks_in_image(masks, boxes, (8, 8), impl="grid")
     with pytest.raises(ValueError, match="max_chunk_bytes=0"):
         paste_masks_in_image(masks, boxes, (8, 8), max_chunk_bytes=0)
+    with pytest.raises(ValueError, match="chunk_overhead_px=-1"):
+        paste_masks_in_image(masks, boxes, (8, 8), chunk_overhead_px=-1)
     with pytest.raises(ValueError, match=r"boxes of shape \(1, 4\) for 2 masks"):
         paste_masks_in_image(masks, boxes[:1], (8, 8))
 
 
-def _padded(chunk: list[tuple[int, int]]) -> int:
+def _padded(chunk: list[list[int]]) -> int:
     return len(chunk) * max(h for h, _ in chunk) * max(w for _, w in chunk)
 
 
-@pytest.mark.parametrize("budget", [16 * 2 * 60 * 52, 16 * 10_000, 1 << 30])
-def test_chunks_respect_budget_and_waste(budget):
-    sizes = [(60, 50), (58, 52), (30, 30), (29, 31), (28, 10), (5, 5), (4, 6), (1, 1), (1, 1)]
-    runs = _chunks(sizes, max_chunk_bytes=budget, max_waste=2.0)
+@pytest.mark.parametrize(
+    ("budget", "overhead"),
+    [(16 * 2 * 60 * 52, 1e9), (16 * 10_000, 1e9), (1 << 30, 0), (1 << 30, 500), (1 << 30, 1e9)],
+)
+def test_chunks_respect_budget_and_overhead(budget, overhead):
+    sizes = [[60, 50], [58, 52], [30, 30], [29, 31], [28, 10], [5, 5], [4, 6], [1, 1], [1, 1]]
+    runs = _chunks(sizes, max_chunk_bytes=budget, chunk_overhead_px=overhead)
     assert runs[0][0] == 0 and runs[-1][1] == len(sizes)
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(runs, runs[1:]))  # cover all
     for start, end in runs:
-        chunk = sizes[start:end]
-        assert 16 * _padded(chunk) <= budget
-        assert _padded(chunk) <= 2.0 * sum(h * w for h, w in chunk)
+        assert 16 * _padded(sizes[start:end]) <= budget or end == start + 1
+        for k in range(start + 1, end):  # every member added at most `overhead` padding
+            added = _padded(sizes[start : k + 1]) - _padded(sizes[start:k])
+            assert added <= sizes[k][0] * sizes[k][1] + overhead
         if end < len(sizes):  # greedy: the next window would break a bound
             grown = sizes[start : end + 1]
-            assert (
-                16 * _padded(grown) > budget
-                or _padded(grown) > 2.0 * sum(h * w for h, w in grown)
-            )
+            added = _padded(grown) - _padded(sizes[start:end])
+            assert 16 * _padded(grown) > budget or added > sizes[end][0] * sizes[end][1] + overhead
     if budget == 16 * 2 * 60 * 52:
         assert runs[0] == (0, 2)  # the two large windows fill the budget exactly
+    if overhead == 0:  # only equal windows or ones inside the first share a chunk
+        assert runs == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 9)]
+    if budget == 1 << 30 and overhead == 1e9:
+        assert runs == [(0, len(sizes))]
 
 
 def test_chunks_single_window_over_budget():
-    assert _chunks([(60, 50)], max_chunk_bytes=1) == [(0, 1)]
-    assert _chunks([(60, 50), (3, 3)], max_chunk_bytes=1) == [(0, 1), (1, 2)]
-    assert _chunks([(3, 3)] * 5, max_chunk_bytes=1 << 30) == [(0, 5)]
+    assert _chunks([[60, 50]], max_chunk_bytes=1, chunk_overhead_px=1e9) == [(0, 1)]
+    assert _chunks([[60, 50], [3, 3]], max_chunk_bytes=1, chunk_overhead_px=1e9) == [
+        (0, 1), (1, 2)
+    ]
 
 
 @pytest.mark.gpu

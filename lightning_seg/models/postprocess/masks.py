@@ -14,7 +14,7 @@ Two implementations compute the same function:
 - ``"chunked"``: the masks are sorted by visible box area and split into chunks; each chunk is
   sampled with one ``F.grid_sample`` on windows of the chunk's largest visible box (one window
   per mask, over its box), and written into the canvas with one indexed copy. Chunks are
-  bounded by a working-memory budget in bytes and by the padding they waste. No per-mask
+  bounded by a working-memory budget in bytes and, on CPU, by the padding they add. No per-mask
   kernel launches, which is what matters on a GPU; equal to ``"per_box"`` within float
   rounding (< 1e-5).
 
@@ -22,6 +22,8 @@ Two implementations compute the same function:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +34,10 @@ DEFAULT_CHUNK_BYTES = 1 << 30
 # Bytes of working memory per sampled pixel in the chunked path: the float32 (x, y) grid, the
 # float32 sample and its masked or cast copy.
 _BYTES_PER_SAMPLE = 4 * 4
-# A chunk samples at most this many times the pixels of its masks' visible boxes.
-_MAX_WASTE = 2.0
+# Default ``chunk_overhead_px`` on CPU: one more chunk (about 20 small ops) costs about as much
+# as sampling and writing this many pixels; the fastest of 0, 8k, 32k, 128k and unbounded on a
+# 2-core CPU for the cases of benchmarks/mask_paste.py (unbounded was 2-5x slower).
+CPU_CHUNK_OVERHEAD_PX = 8_192
 
 
 def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
@@ -71,32 +75,30 @@ def _paste_per_box(padded: Tensor, int_boxes: Tensor, canvas: Tensor) -> None:
 
 
 def _chunks(
-    sizes: list[tuple[int, int]], max_chunk_bytes: int, max_waste: float = _MAX_WASTE
+    sizes: list[list[int]], max_chunk_bytes: int, chunk_overhead_px: float
 ) -> list[tuple[int, int]]:
-    """Split a list of ``(h, w)`` windows into ``[start, end)`` runs sampled together.
+    """Split ``(h, w)`` windows, sorted largest first, into ``[start, end)`` runs sampled together.
 
-    A run is sampled on windows of its largest height and width, ``len(run) * h_max * w_max``
-    pixels. It grows while that costs at most ``max_chunk_bytes`` (at ``_BYTES_PER_SAMPLE``
-    bytes a pixel) and at most ``max_waste`` times the pixels of its own windows; it holds at
-    least one window, so a single box over the budget is still pasted (alone). Sorting the
-    windows by area beforehand keeps the runs few and the padding small.
+    A run is sampled on windows of its largest height and width: ``len(run) * h_max * w_max``
+    pixels. Greedily, the next window joins the run if that stays within ``max_chunk_bytes``
+    (at ``_BYTES_PER_SAMPLE`` bytes a pixel) and adds at most ``chunk_overhead_px`` pixels
+    beyond the window's own (the pixels one more chunk's fixed cost is worth); otherwise it
+    starts the next run. A run holds at least one window, so a single box over the budget is
+    still pasted (alone).
     """
     runs = []
     start = 0
     while start < len(sizes):
         h_max, w_max = sizes[start]
-        pixels = h_max * w_max
         end = start + 1
         while end < len(sizes):
             h, w = sizes[end]
             new_h, new_w = max(h_max, h), max(w_max, w)
             padded = (end - start + 1) * new_h * new_w
-            if (
-                padded * _BYTES_PER_SAMPLE > max_chunk_bytes
-                or padded > max_waste * (pixels + h * w)
-            ):
+            added = padded - (end - start) * h_max * w_max
+            if padded * _BYTES_PER_SAMPLE > max_chunk_bytes or added > h * w + chunk_overhead_px:
                 break
-            h_max, w_max, pixels = new_h, new_w, pixels + h * w
+            h_max, w_max = new_h, new_w
             end += 1
         runs.append((start, end))
         start = end
@@ -104,7 +106,12 @@ def _chunks(
 
 
 def _paste_chunked(
-    padded: Tensor, int_boxes: Tensor, canvas: Tensor, max_chunk_bytes: int, zero_border: bool
+    padded: Tensor,
+    int_boxes: Tensor,
+    canvas: Tensor,
+    max_chunk_bytes: int,
+    chunk_overhead_px: float,
+    zero_border: bool,
 ) -> None:
     """Sample ``padded`` (``Tensor[N, P, P]``) into ``canvas`` chunk by chunk with grid_sample.
 
@@ -123,6 +130,7 @@ def _paste_chunked(
         int_boxes: ``Tensor[N, 4]`` int64 inclusive x1y1x2y2 extents (``_integer_boxes``).
         canvas: ``Tensor[N, H, W]`` zeros, written in place.
         max_chunk_bytes: working-memory budget of one chunk.
+        chunk_overhead_px: padding pixels a mask may add to a chunk rather than start one.
         zero_border: the masks have a zero border (padding >= 1), so the border clamp already
             gives exact zeros outside each box and no masking is needed.
     """
@@ -140,7 +148,7 @@ def _paste_chunked(
     box_start = torch.stack([x1, y1], dim=1)[keep].to(torch.float32)  # [N', 2]
     box_size = torch.stack([x2 - x1 + 1, y2 - y1 + 1], dim=1)[keep].to(torch.float32)  # [N', 2]
     sizes = torch.stack([vis_h, vis_w], dim=1)[keep].tolist()  # N' x [h, w]
-    for start, end in _chunks(sizes, max_chunk_bytes):
+    for start, end in _chunks(sizes, max_chunk_bytes, chunk_overhead_px):
         chunk = slice(start, end)
         n = end - start
         win_h = max(h for h, _ in sizes[chunk])
@@ -175,6 +183,7 @@ def paste_masks_in_image(
     *,
     impl: str = "auto",
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_overhead_px: float | None = None,
 ) -> Tensor:
     """Paste per-box soft masks into a full image canvas.
 
@@ -190,6 +199,11 @@ def paste_masks_in_image(
         max_chunk_bytes: budget of the chunked path's working memory per chunk, counted as
             ``16 * n * h * w`` bytes for ``n`` masks sampled on ``h x w`` windows (float32
             grid, samples and their copy); a single mask over the budget is pasted alone.
+        chunk_overhead_px: chunked path: a mask joins the current chunk (sampled on that
+            chunk's largest window) if that adds at most this many pixels beyond its own box;
+            otherwise it starts a new chunk. None: ``CPU_CHUNK_OVERHEAD_PX`` on CPU, unbounded
+            on CUDA (chunks bounded by ``max_chunk_bytes`` only: extra pixels are cheap there
+            next to kernel launches).
 
     Returns:
         ``Tensor[N, H, W]`` soft masks in the dtype of ``masks`` (zero outside each box);
@@ -197,6 +211,10 @@ def paste_masks_in_image(
     """
     if impl not in PASTE_IMPLS:
         raise ValueError(f"paste_masks_in_image: impl={impl!r}; use one of {PASTE_IMPLS}")
+    if chunk_overhead_px is not None and chunk_overhead_px < 0:
+        raise ValueError(
+            f"paste_masks_in_image: chunk_overhead_px={chunk_overhead_px} must be >= 0 (or None)"
+        )
     if max_chunk_bytes <= 0:
         raise ValueError(f"paste_masks_in_image: max_chunk_bytes={max_chunk_bytes} must be > 0")
     if masks.ndim == 4:
@@ -218,5 +236,9 @@ def paste_masks_in_image(
     if impl == "per_box":
         _paste_per_box(padded, int_boxes, canvas)
     else:
-        _paste_chunked(padded, int_boxes, canvas, max_chunk_bytes, zero_border=padding > 0)
+        if chunk_overhead_px is None:
+            chunk_overhead_px = math.inf if masks.is_cuda else CPU_CHUNK_OVERHEAD_PX
+        _paste_chunked(
+            padded, int_boxes, canvas, max_chunk_bytes, chunk_overhead_px, zero_border=padding > 0
+        )
     return canvas
