@@ -7,12 +7,13 @@ time, the same arithmetic) runs beside them as the peer. Each case pastes ``N`` 
 masks into an ``H x W`` image; box centres are uniform in the image and box sides log-uniform
 between 8 px and half the image's shorter side (so some boxes stick out of the image). The
 implementations are interleaved, their order rotating each repeat, and medians are reported,
-at each intra-op thread count. ``alloc_ms`` is the cost of the zeroed ``[N, H, W]`` float32
-canvas alone, which every implementation pays.
+at each intra-op thread count; a call shorter than ``--min-sample-s`` is repeated within each
+sample (the mean of those calls is one sample). ``alloc_ms`` is the cost of the zeroed
+``[N, H, W]`` float32 canvas alone, which every implementation pays.
 
 Usage::
 
-    python benchmarks/mask_paste.py --repeats 9 --threads 1 2
+    python benchmarks/mask_paste.py --repeats 11 --threads 1 2
 
 The last line printed is one JSON object; ``ratio_old_new`` = per_box / chunked (> 1: the
 chunked path is faster).
@@ -49,19 +50,20 @@ def make_inputs(
     return masks.to(device), boxes.to(device)
 
 
-def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
-    """Seconds of one call (synchronised on CUDA)."""
+def timed(fn: Callable[[], torch.Tensor], device: torch.device, calls: int = 1) -> float:
+    """Mean seconds of ``calls`` back-to-back calls (synchronised on CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    fn()
+    for _ in range(calls):
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / calls
 
 
 def run_case(
-    n: int, h: int, w: int, repeats: int, device: torch.device
+    n: int, h: int, w: int, repeats: int, device: torch.device, min_sample_s: float
 ) -> dict[str, float | int]:
     masks, boxes = make_inputs(n, h, w, seed=n + h + w, device=device)
     impls: dict[str, Callable[[], torch.Tensor]] = {
@@ -71,17 +73,21 @@ def run_case(
         "alloc": lambda: torch.zeros(n, h, w, device=device),
     }
     max_diff = (impls["per_box"]() - impls["chunked"]()).abs().max().item()  # also warms up
+    # Short calls are repeated within one sample so that each sample lasts >= min_sample_s.
+    one_call = min(timed(impls[name], device) for name in ("per_box", "chunked"))
+    calls = max(1, math.ceil(min_sample_s / max(one_call, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in impls}
     names = list(impls)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(timed(impls[name], device))
+            times[name].append(timed(impls[name], device, calls))
     med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     return {
         "n": n,
         "h": h,
         "w": w,
         "threads": torch.get_num_threads(),
+        "calls_per_sample": calls,
         "per_box_ms": round(med["per_box"], 2),
         "chunked_ms": round(med["chunked"], 2),
         "torchvision_ms": round(med["torchvision"], 2),
@@ -96,13 +102,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--min-sample-s", type=float, default=0.1, help="repeat short calls up to this long"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for n, h, w in CASES:
-            row = run_case(n, h, w, args.repeats, device)
+            row = run_case(n, h, w, args.repeats, device, args.min_sample_s)
             rows.append(row)
             print(
                 f"threads={threads} N={n} {h}x{w}: per_box {row['per_box_ms']} ms, "
