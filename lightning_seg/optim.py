@@ -6,8 +6,8 @@ give; these classes take plain numbers. Use them with ``scheduler_interval: step
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from bisect import bisect_right
+from collections.abc import Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler

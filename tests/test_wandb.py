@@ -43,7 +43,7 @@ def test_wandb_offline_logs_config_losses_metrics_and_masks(offline, tmp_path, m
     try:
         assert run.config["model"]["init_args"]["model"]["class_path"].endswith("UNet")
         summary = dict(run.summary)
-        for key in ("train/loss_ce_step", "val/mIoU", "val/loss"):
+        for key in ("train/loss_ce_step", "val/mIoU", "val/score"):
             assert key in summary, sorted(summary)
         media = list(Path(run.dir).glob("media/images/**/*.png"))
         assert media, "no prediction images were logged"

@@ -76,20 +76,25 @@ class Collate:
         elif any(s.panoptic is not None for s in samples):
             raise ValueError("some samples have panoptic targets and others do not; cannot collate")
 
-        instances = None
-        if all(s.instances is not None for s in samples):
-            instances = [s.instances for s in samples]
-        elif any(s.instances is not None for s in samples):
-            raise ValueError("some samples have instance targets and others do not; cannot collate")
-
         return Batch(
             images=images,
             image_sizes=sizes,
             meta=[s.meta for s in samples],
-            instances=instances,
+            instances=_per_image(samples, "instances"),
             semantic=semantic,
             panoptic=panoptic,
+            keypoints=_per_image(samples, "keypoints"),
         )
+
+
+def _per_image(samples: Sequence[Sample], name: str) -> list | None:
+    """The per-image targets ``name`` of every sample (kept unpadded), or None when none has them."""
+    values = [getattr(s, name) for s in samples]
+    if all(v is not None for v in values):
+        return values
+    if any(v is not None for v in values):
+        raise ValueError(f"some samples have {name} targets and others do not; cannot collate")
+    return None
 
 
 
@@ -97,7 +102,7 @@ class ClipCollate(Collate):
     """Collate video clips (``list[Sample]`` of T frames each) into one ``Batch`` of frames.
 
     The B clips are flattened clip-major: frame ``t`` of clip ``b`` is batch row ``b * T + t``;
-    ``Batch.extra["clip_length"] = T``. ``meta[i].video_id`` / ``frame_index`` name each frame,
+    ``Batch.clip_length = T``. ``meta[i].video_id`` / ``frame_index`` name each frame,
     and instance ``track_ids`` link objects across the frames of a clip. A single ``Sample`` is
     a clip of one frame.
     """
@@ -108,5 +113,4 @@ class ClipCollate(Collate):
         if len(lengths) != 1:
             raise ValueError(f"clips of one batch must have the same length, got {sorted(lengths)}")
         batch = super().__call__([frame for clip in clips for frame in clip])
-        batch.extra["clip_length"] = lengths.pop()
-        return batch
+        return replace(batch, clip_length=lengths.pop())

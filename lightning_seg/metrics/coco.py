@@ -78,7 +78,7 @@ from lightning_seg.metrics.coco_state import (
     unique_images,
 )
 from lightning_seg.metrics.rle import encode_masks_transposed, rle_areas
-from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+from lightning_seg.structures import InstancePredictions, InstanceTargets
 
 __all__ = [
     "BACKENDS",

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from lightning_seg.structures.specs import ShapeSpec
+
 
 def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
     """Concatenate per-image boxes into the ``(batch_index, x1, y1, x2, y2)`` RoI format.
@@ -170,3 +172,14 @@ class MultiLevelRoIAlign(nn.Module):
             f"in_features={self.in_features}, output_size={self.output_size}, "
             f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
         )
+
+
+def pooled_channels(input_shape: Mapping[str, ShapeSpec], in_features: Sequence[str]) -> int:
+    """Channels of the features a RoI head pools from ``in_features`` (they must agree)."""
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise ValueError(f"levels {missing} are not among the neck's levels {list(input_shape)}")
+    widths = {input_shape[f].channels for f in in_features}
+    if len(widths) != 1:
+        raise ValueError(f"RoI heads pool levels of one width; {list(in_features)} have {widths}")
+    return widths.pop()

@@ -1,7 +1,9 @@
 """Facts about a dataset that models need: classes, thing/stuff split, keypoints.
 
-A DataModule exposes one ``DatasetInfo``; the CLI links its fields into the model
-(``num_classes``, ``ignore_index``, ``num_keypoints``...), so no number is typed twice.
+A DataModule exposes one ``DatasetInfo``. ``lseg`` fills every constructor argument named in
+``DATASET_FACTS`` that an experiment leaves unset (None), at any depth of the model (the task,
+its network, the network's heads, losses...), so no number is typed twice and a part that does
+not take a fact never receives it.
 """
 
 from __future__ import annotations
@@ -85,6 +87,41 @@ class DatasetInfo:
         for i, j in self.keypoint_flip_map:
             perm[i], perm[j] = j, i
         return perm
+
+
+#: Constructor arguments filled from the DataModule's ``DatasetInfo`` when left unset (None).
+DATASET_FACTS: tuple[str, ...] = (
+    "num_classes",
+    "num_keypoints",
+    "keypoint_flip_map",
+    "ignore_index",
+    "thing_classes",
+    "stuff_classes",
+    "info",
+)
+
+
+def dataset_facts(info: DatasetInfo) -> dict[str, object]:
+    """The value of every name of ``DATASET_FACTS`` for a dataset."""
+    return {
+        "num_classes": info.num_classes,
+        "num_keypoints": info.num_keypoints,
+        "keypoint_flip_map": [tuple(p) for p in info.keypoint_flip_map],
+        "ignore_index": info.ignore_index,
+        "thing_classes": info.thing_classes,
+        "stuff_classes": info.stuff_classes,
+        "info": info,
+    }
+
+
+def require_fact(value, name: str, owner: str):
+    """``value`` when set; else a clear error (a dataset fact that nobody filled in)."""
+    if value is None:
+        raise ValueError(
+            f"{owner}: {name} is not set. Under `lseg` it is filled from the DataModule; in "
+            f"Python pass {name}=..."
+        )
+    return value
 
 
 def default_palette(num_classes: int, first: int = 1) -> list[tuple[int, int, int]]:

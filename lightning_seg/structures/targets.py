@@ -1,15 +1,17 @@
-"""Typed per-image targets: instances, panoptic segments.
+"""Typed per-image targets: instances, panoptic segments, keypoints.
 
-Every target validates its shapes in ``__post_init__`` and moves with ``.to(device)``, so a
-model never receives a dict with magic keys (``../shared/STYLE.md`` convention 4).
+Every target validates its shapes in ``__post_init__`` and has field-wise ``.to(device)`` and
+``.select(keep)`` (``TensorStruct``), so a model never receives a dict with magic keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+from lightning_seg.structures.base import TensorStruct, per_image
 
 #: COCO JSON keypoints are pixel indices (pixel column ``j`` at ``x = j``); in memory they are
 #: in the continuous frame of boxes and masks (its centre at ``j + 0.5``), as detectron2:
@@ -17,18 +19,8 @@ from torch import Tensor
 COCO_KEYPOINT_OFFSET = 0.5
 
 
-def _move(obj, device: torch.device | str):
-    """Return a copy of a dataclass with every tensor field moved to ``device``."""
-    changes = {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, Tensor):
-            changes[f.name] = value.to(device)
-    return replace(obj, **changes)
-
-
 @dataclass
-class InstanceTargets:
+class InstanceTargets(TensorStruct):
     """The instances of one image.
 
     Attributes:
@@ -77,21 +69,6 @@ class InstanceTargets:
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
-    def to(self, device: torch.device | str) -> InstanceTargets:
-        return _move(self, device)
-
-    def select(self, keep: Tensor) -> InstanceTargets:
-        """Keep a subset of instances (bool mask or index tensor); every field stays aligned."""
-        return replace(
-            self,
-            boxes=self.boxes[keep],
-            labels=self.labels[keep],
-            masks=None if self.masks is None else self.masks[keep],
-            iscrowd=None if self.iscrowd is None else self.iscrowd[keep],
-            keypoints=None if self.keypoints is None else self.keypoints[keep],
-            track_ids=None if self.track_ids is None else self.track_ids[keep],
-        )
-
     @classmethod
     def empty(cls, image_size: tuple[int, int], with_masks: bool = True) -> InstanceTargets:
         h, w = image_size
@@ -104,7 +81,7 @@ class InstanceTargets:
 
 
 @dataclass
-class PanopticTargets:
+class PanopticTargets(TensorStruct):
     """The panoptic annotation of one image (COCO panoptic semantics).
 
     Attributes:
@@ -115,7 +92,7 @@ class PanopticTargets:
         iscrowd: ``Tensor[S]`` bool.
     """
 
-    segment_map: Tensor
+    segment_map: Tensor = per_image()
     ids: Tensor
     labels: Tensor
     isthing: Tensor
@@ -136,50 +113,61 @@ class PanopticTargets:
     def image_size(self) -> tuple[int, int]:
         return tuple(self.segment_map.shape)  # type: ignore[return-value]
 
-    def to(self, device: torch.device | str) -> PanopticTargets:
-        return _move(self, device)
+    def select(self, keep: Tensor) -> PanopticTargets:
+        """Keep a subset of the segments; pixels of the dropped ones become void (0)."""
+        kept = super().select(keep)
+        dropped = ~torch.isin(self.segment_map, kept.ids)
+        return replace(kept, segment_map=self.segment_map.masked_fill(dropped, 0))
+
+
 
 
 @dataclass
-class InstancePredictions:
-    """Detections of one image, in the pixel frame of ``image_size``.
+class KeypointTargets(TensorStruct):
+    """The annotated keypoints of the instances of one image (landmark / pose datasets).
+
+    Top-down datasets give one instance per (cropped) sample; face-landmark sets one face.
+    Heatmaps and their weights are rendered on the model's output grid by a heatmap assigner
+    (they depend on the model's stride), so datasets leave them None.
 
     Attributes:
-        boxes: ``Tensor[N, 4]`` float32 x1y1x2y2 pixels.
-        scores: ``Tensor[N]`` float32 confidences in [0, 1].
-        labels: ``Tensor[N]`` int64 contiguous class indices ``0..K-1``.
-        image_size: ``(H, W)`` of the frame the boxes and masks are in (usually the original
-            image size, after the model mapped its predictions back).
-        masks: ``Tensor[N, H, W]`` bool (thresholded) or float probabilities, or None.
-        keypoints: ``Tensor[N, K, 3]`` float32 ``(x, y, score)``, or None.
-        track_ids: ``Tensor[N]`` int64 identities for video, or None.
+        keypoints: ``Tensor[N, K, 3]`` float32 ``(x, y, visibility)``, COCO visibility (0 not
+            labelled, 1 labelled but hidden, 2 visible), continuous pixel frame
+            (``COCO_KEYPOINT_OFFSET``).
+        image_size: ``(H, W)`` of the image the keypoints are in.
+        boxes: ``Tensor[N, 4]`` x1y1x2y2 person / face boxes, or None.
+        norm_size: ``Tensor[N]`` the length a metric divides errors by (MPII head size for
+            PCKh, inter-ocular distance for NME, box size for PCK), or None.
+        heatmaps: ``Tensor[N, K, h, w]`` rendered targets on the output grid, or None.
+        weights: ``Tensor[N, K]`` per-keypoint target weight (0 for unlabelled), or None.
+        track_ids: ``Tensor[N]`` int64 identities across video frames, or None.
     """
 
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
+    keypoints: Tensor
     image_size: tuple[int, int]
-    masks: Tensor | None = None
-    keypoints: Tensor | None = None
+    boxes: Tensor | None = None
+    norm_size: Tensor | None = None
+    heatmaps: Tensor | None = None
+    weights: Tensor | None = None
     track_ids: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must be Tensor[N, 4], got {tuple(self.boxes.shape)}")
-        n = self.boxes.shape[0]
-        if self.scores.shape != (n,) or self.labels.shape != (n,):
-            raise ValueError(
-                f"scores {tuple(self.scores.shape)} and labels {tuple(self.labels.shape)} "
-                f"must be Tensor[{n}]"
-            )
-        if self.masks is not None and tuple(self.masks.shape) != (n, *self.image_size):
-            raise ValueError(
-                f"masks must be Tensor[{n}, {self.image_size[0]}, {self.image_size[1]}], "
-                f"got {tuple(self.masks.shape)}"
-            )
+        if self.keypoints.ndim != 3 or self.keypoints.shape[-1] != 3:
+            raise ValueError(f"keypoints must be Tensor[N, K, 3], got {tuple(self.keypoints.shape)}")
+        n, k = self.keypoints.shape[:2]
+        expected = {"boxes": (n, 4), "norm_size": (n,), "weights": (n, k), "track_ids": (n,)}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name} must be Tensor{list(shape)}, got {tuple(value.shape)}")
+        if self.heatmaps is not None and (
+            self.heatmaps.ndim != 4 or tuple(self.heatmaps.shape[:2]) != (n, k)
+        ):
+            raise ValueError(f"heatmaps must be Tensor[{n}, {k}, h, w], got {tuple(self.heatmaps.shape)}")
 
     def __len__(self) -> int:
-        return self.boxes.shape[0]
+        return self.keypoints.shape[0]
 
-    def to(self, device: torch.device | str) -> InstancePredictions:
-        return _move(self, device)
+    @property
+    def num_keypoints(self) -> int:
+        return self.keypoints.shape[1]

@@ -1,14 +1,24 @@
-"""What every task shares: optimizer/scheduler callables, loss logging, prediction hooks.
+"""What every task shares: one step for all stages, loss logging, the non-finite guard, hooks.
+
+A task owns training, logging, metrics and pictures, never the maths: it receives a network that
+follows the contract of every network in lightning_seg, an optimizer callable and a scheduler
+callable::
+
+    model(batch)   (train mode)  -> dict[str, Tensor]   named, already-weighted loss terms
+    model(batch)   (eval mode)   -> typed predictions   (lightning_seg.structures.predictions)
 
 ``Batch`` moves to the device through Lightning's default transfer, which calls its ``.to()``.
 
-A task owns training (steps, logging, metrics, predictions), never the maths: it receives the
-network built from parts, an optimizer callable and a scheduler callable (``STYLE.md`` 9).
+Non-finite losses never reach the weights: a step whose loss terms are not all finite (on any
+device) is skipped and counted (``train/nonfinite_steps``, with the terms named in the log),
+``max_nonfinite_steps`` consecutive ones stop the run with ``NonFiniteLossError`` (a non-zero
+exit of ``lseg``), and a checkpoint with non-finite weights is refused.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,10 +26,21 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lightning_seg.errors import UserError
 from lightning_seg.structures import Batch
+
+log = logging.getLogger("lightning_seg.tasks")
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 LRSchedulerCallable = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+    """Training stopped: the loss was NaN or infinite for too many consecutive steps."""
+
+
+class NonFiniteWeightsError(UserError, RuntimeError):
+    """A checkpoint would have stored NaN or infinite weights."""
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -27,30 +48,45 @@ def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
 
 
 class BaseTask(L.LightningModule):
-    """Base LightningModule: optimizer wiring, device transfer of ``Batch`` and loss logging.
+    """Base LightningModule of every task family.
+
+    Subclasses create ``self.val_metrics`` / ``self.test_metrics`` (one metric object per stage)
+    and implement ``update_metrics`` and ``log_metrics``; pictures and prediction files come from
+    ``render_predictions``, ``mask_layers``, ``write_predictions``.
 
     Args:
+        model: the network (see the module docstring for its contract).
         optimizer: callable building the optimizer from the parameters
             (YAML: ``class_path: torch.optim.SGD`` with ``init_args``).
         scheduler: callable building a LR scheduler from the optimizer, or None.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric a ``ReduceLROnPlateau`` scheduler watches.
+        max_nonfinite_steps: consecutive skipped (non-finite) steps that stop the run.
     """
 
     def __init__(
         self,
+        model: nn.Module,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
+        scheduler_monitor: str = "val/score",
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+        self._skip_update = False
 
     def save_task_hyperparameters(self) -> None:
         """Save the caller's ``__init__`` arguments as hyperparameters.
@@ -83,6 +119,96 @@ class BaseTask(L.LightningModule):
             },
         }
 
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: Batch):
+        return self.model(batch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        losses = self.model(batch)
+        if not isinstance(losses, dict) or not losses:
+            raise TypeError(
+                f"{type(self.model).__name__} returned {type(losses).__name__} in training mode; "
+                f"a network must return a non-empty dict of named loss terms"
+            )
+        bad = [name for name, value in losses.items() if not bool(torch.isfinite(value).all())]
+        if self._any_rank(bool(bad)):
+            return self._skip_step(bad, batch_idx)
+        self._consecutive_nonfinite = 0
+        return self.log_losses(losses, "train", len(batch))
+
+    def validation_step(self, batch: Batch, batch_idx: int):
+        return self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int):
+        return self._eval_step(batch, self.test_metrics)
+
+    def predict_step(self, batch: Batch, batch_idx: int):
+        return self.model(batch)
+
+    def _eval_step(self, batch: Batch, metric):
+        predictions = self.model(batch)
+        self.update_metrics(metric, batch, predictions)
+        return predictions
+
+    def update_metrics(self, metric, batch: Batch, predictions) -> None:
+        """Feed one batch of predictions and its targets to a stage's metric object."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update_metrics")
+
+    # ------------------------------------------------------------------ non-finite guard
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is set on any device (all ranks must skip the same steps)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+
+    def _skip_step(self, bad: list[str], batch_idx: int) -> Tensor:
+        """Count a skipped step, stop after too many in a row; return a zero loss whose
+        gradients are exactly 0 (every rank still runs backward, as DDP needs)."""
+        self.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        self._skip_update = True
+        what = ", ".join(bad) if bad else "a loss term on another device"
+        if self._consecutive_nonfinite >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"the loss was not finite for {self._consecutive_nonfinite} consecutive steps "
+                f"(last: {what}, step {self.global_step}); training stopped. Lower the "
+                f"learning rate, add warm-up or gradient clipping (trainer.gradient_clip_val), or "
+                f"check the data of these batches. {self.nonfinite_steps} steps were skipped in all."
+            )
+        if self.nonfinite_steps <= 3 or self._consecutive_nonfinite == 1:
+            log.warning("step %d: non-finite loss (%s); the step is skipped", self.global_step, what)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return sum(p.sum() for p in params) * 0.0 if params else torch.zeros((), device=self.device)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the update of a flagged step, or of a step whose gradients are not finite (the
+        loss can be finite while a gradient overflows)."""
+        skip = self._skip_update
+        self._skip_update = False
+        if not skip and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                     if p.grad is not None]
+            if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+                skip = True
+                self._skip_step(["gradients"], -1)
+                self._skip_update = False
+        if skip:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None  # optimizers leave parameters without gradient untouched
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"refusing to write a checkpoint with non-finite weights ({len(bad)} tensors, e.g. "
+                f"{bad[:3]}); the run diverged"
+            )
+
+    # ------------------------------------------------------------------ logging
     def log_losses(self, losses: dict[str, Tensor], stage: str, batch_size: int) -> Tensor:
         """Log each named loss term and their sum under ``{stage}/``; return the sum."""
         total = sum(losses.values())

@@ -11,7 +11,13 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightning_seg.structures import Batch, DatasetInfo, InstancePredictions, InstanceTargets
-from lightning_seg.tasks.base import BaseTask, LRSchedulerCallable, OptimizerCallable, default_optimizer
+from lightning_seg.structures.dataset_info import require_fact
+from lightning_seg.tasks.base import (
+    BaseTask,
+    LRSchedulerCallable,
+    OptimizerCallable,
+    default_optimizer,
+)
 from lightning_seg.visualize import draw_instances, hstack, to_numpy, to_uint8_image
 
 
@@ -48,12 +54,8 @@ def _label_map(instances: InstancePredictions | InstanceTargets, score_thresh: f
 
 
 class InstanceSegmentationTask(BaseTask):
-    """Trains a detector that returns a loss dict in training and predictions in eval mode.
-
-    The network's contract (Mask R-CNN, RefineMask...)::
-
-        model(images, image_sizes, targets)              -> dict[str, Tensor]   (train)
-        model(images, image_sizes, orig_sizes=sizes)     -> list[InstancePredictions] (eval)
+    """Trains an instance segmenter (Mask R-CNN, RefineMask, YOLACT...): loss terms in training,
+    ``list[InstancePredictions]`` at the original image size in eval mode.
 
     Validation predicts at the original image size and scores COCO box / mask AP (and boundary
     AP) against the targets mapped to that size (masks nearest-resized when the validation
@@ -63,7 +65,7 @@ class InstanceSegmentationTask(BaseTask):
 
     Args:
         model: the detector.
-        num_classes: K thing classes (linked from the DataModule).
+        num_classes: K thing classes (filled from the DataModule).
         info: dataset facts (class names, category ids for results files, palette).
         iou_types: COCO evaluation types during validation/test (``bbox``, ``segm``, ``boundary``).
         optimizer: optimizer callable (paper: SGD lr 0.02 momentum 0.9 wd 1e-4 at 16 images).
@@ -71,24 +73,26 @@ class InstanceSegmentationTask(BaseTask):
             with warm-up recommended).
         scheduler_interval: ``"epoch"`` or ``"step"``.
         vis_score_thresh: minimum score drawn in prediction pictures.
+        max_nonfinite_steps: consecutive non-finite steps that stop the run (``BaseTask``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        num_classes: int,
+        num_classes: int | None = None,
         info: DatasetInfo | None = None,
         iou_types: tuple[str, ...] = ("bbox", "segm", "boundary"),
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         vis_score_thresh: float = 0.3,
+        max_nonfinite_steps: int = 10,
     ) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval, scheduler_monitor="val/score")
+        super().__init__(model, optimizer, scheduler, scheduler_interval, "val/score", max_nonfinite_steps)
         self.save_task_hyperparameters()
         from lightning_seg.metrics.coco import COCOEvaluator
 
-        self.model = model
+        num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
         self.num_classes = num_classes
         self.info = info or DatasetInfo([str(i) for i in range(num_classes)])
         if self.info.num_classes != num_classes:
@@ -99,26 +103,11 @@ class InstanceSegmentationTask(BaseTask):
         self.test_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids)
         self._results: list[dict] = []
 
-    def forward(self, batch: Batch) -> list[InstancePredictions]:
-        return self.model(batch.images, batch.image_sizes, orig_sizes=[m.orig_size for m in batch.meta])
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def update_metrics(self, metric, batch: Batch, predictions: list[InstancePredictions]) -> None:
         if batch.instances is None:
             raise ValueError("the batch has no instance targets: use a DataModule with task='instance'")
-        losses = self.model(batch.images, batch.image_sizes, batch.instances)
-        return self.log_losses(losses, "train", len(batch))
-
-    def _eval_step(self, batch: Batch, metric) -> list[InstancePredictions]:
-        preds = self(batch)
         targets = [rescale_targets(t, m.orig_size) for t, m in zip(batch.instances, batch.meta)]
-        metric.update(preds, targets, [m.image_id for m in batch.meta])
-        return preds
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> list[InstancePredictions]:
-        return self._eval_step(batch, self.val_metrics)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> list[InstancePredictions]:
-        return self._eval_step(batch, self.test_metrics)
+        metric.update(predictions, targets, [m.image_id for m in batch.meta])
 
     def log_metrics(self, result: dict, stage: str) -> None:
         for key, value in result.items():
@@ -126,9 +115,6 @@ class InstanceSegmentationTask(BaseTask):
         main = "segm/AP" if "segm/AP" in result else "bbox/AP"
         if main in result:
             self.log(f"{stage}/score", float(result[main]), prog_bar=True)
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[InstancePredictions]:
-        return self(batch)
 
     def render_predictions(self, batch: Batch, outputs: list[InstancePredictions], max_images: int) -> list[Tensor]:
         """Per image: ``[ground truth | prediction]`` drawn on the original-size image."""

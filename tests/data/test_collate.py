@@ -87,6 +87,6 @@ def test_clip_collate_flattens_clip_major():
     batch = ClipCollate(size_divisibility=8)(clips)
     assert batch.images.shape == (4, 3, 16, 16)
     assert [m.image_id for m in batch.meta] == [0, 1, 2, 3]
-    assert batch.extra["clip_length"] == 2
+    assert batch.clip_length == 2
     with pytest.raises(ValueError, match="same length"):
         ClipCollate()([clips[0], clips[1][:1]])

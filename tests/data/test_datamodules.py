@@ -77,7 +77,7 @@ def test_synthetic_every_task_yields_batches(world, task, flags):
     _check_batch(batch, **flags)
     assert batch.images.shape[-2:] == (64, 64)  # 40x40 crops padded to 64
     if task == "video":
-        assert batch.extra["clip_length"] == 2 and len(batch) == 4
+        assert batch.clip_length == 2 and len(batch) == 4
     if task == "keypoints":
         assert dm.train_dataset.transform.flip_permutation == info.flip_permutation()
     _check_batch(next(iter(dm.val_dataloader())), **flags)
@@ -207,7 +207,7 @@ def test_davis_clips_from_shared_data(shared_data):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     _check_batch(batch, instances=True)
-    assert batch.extra["clip_length"] == 3 and len(batch) == 6
+    assert batch.clip_length == 3 and len(batch) == 6
     first = batch.meta[:3]
     assert len({m.video_id for m in first}) == 1
     assert [m.frame_index for m in first] == list(range(first[0].frame_index, first[0].frame_index + 3))

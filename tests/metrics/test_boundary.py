@@ -14,7 +14,7 @@ import torch
 from lightning_seg.metrics.boundary import boundary_dilation, mask_to_boundary, rle_to_boundary_rle
 from lightning_seg.metrics.coco import COCOEvaluator, detection_stat_names
 from lightning_seg.metrics.rle import encode_masks
-from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+from lightning_seg.structures import InstancePredictions, InstanceTargets
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_coco_cases import make_case  # noqa: E402

@@ -24,7 +24,7 @@ from lightning_seg.metrics.coco import (
     format_coco_table,
     predictions_to_coco_results,
 )
-from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+from lightning_seg.structures import InstancePredictions, InstanceTargets
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_coco_cases import make_case, pycocotools_stats, reference_coco  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+from lightning_seg.structures import InstancePredictions, InstanceTargets
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:

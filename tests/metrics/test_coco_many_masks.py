@@ -18,7 +18,7 @@ import torch
 
 from lightning_seg.metrics.cli import main
 from lightning_seg.metrics.coco import BACKENDS, COCOEvaluator, detection_stat_names
-from lightning_seg.structures.targets import InstancePredictions, InstanceTargets
+from lightning_seg.structures import InstancePredictions, InstanceTargets
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_coco_cases import make_case, mask_boxes, pycocotools_stats, reference_coco

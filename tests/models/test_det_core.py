@@ -156,11 +156,12 @@ def test_fpn_matches_torchvision():
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     from lightning_seg.models.necks.fpn import FPN, fpn_key_map_from_torchvision
+    from lightning_seg.structures.specs import feature_shapes
 
     channels = {"c2": 8, "c3": 16, "c4": 24, "c5": 32}
     strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
     ref = FeaturePyramidNetwork(list(channels.values()), 12, extra_blocks=LastLevelMaxPool()).eval()
-    ours = FPN(channels, strides, out_channels=12).eval()
+    ours = FPN(feature_shapes(channels, strides), out_channels=12).eval()
     assert ours.out_channels == {f"p{i}": 12 for i in range(2, 7)}
     assert ours.strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
@@ -184,14 +185,14 @@ def test_fpn_on_resnet_backbone_and_bad_config():
     from lightning_seg.models.necks.fpn import FPN
 
     backbone = ResNetBackbone(depth=18)
-    fpn = FPN(backbone.out_channels, backbone.strides, out_channels=16, extra_max_pool=False)
+    fpn = FPN(backbone.output_shape(), out_channels=16, extra_max_pool=False)
     out = fpn(backbone(torch.rand(1, 3, 45, 63)))
     assert list(out) == ["p2", "p3", "p4", "p5"]
     for name, x in out.items():
         assert x.shape[1] == fpn.out_channels[name] == 16
         assert x.shape[-2] == math.ceil(45 / fpn.strides[name])
     with pytest.raises(ValueError, match="in_features"):
-        FPN(backbone.out_channels, backbone.strides, in_features=("c2", "c6"))
+        FPN(backbone.output_shape(), in_features=("c2", "c6"))
 
 
 # --------------------------------------------------------------------------- RPN
@@ -199,6 +200,12 @@ RPN_SIZES = ((8,), (16,), (32,), (64,), (128,))
 RPN_RATIOS = ((0.5, 1.0, 2.0),) * 5
 PADDED = (64, 96)
 IMAGE_SIZES = [(64, 96), (50, 70)]  # unequal sizes in one padded batch
+
+
+def _rpn_shapes(channels: int) -> dict:
+    from lightning_seg.structures import ShapeSpec
+
+    return {f"p{i}": ShapeSpec(channels, 2**i) for i in range(2, 7)}
 
 
 def _rpn_pair(channels: int = 8, **kwargs):
@@ -237,8 +244,7 @@ def _rpn_pair(channels: int = 8, **kwargs):
         dict(training=cfg["post_nms_top_n_train"], testing=cfg["post_nms_top_n_test"]),
         cfg["nms_thresh"], cfg["score_thresh"],
     )
-    anchor_generator = AnchorGenerator(RPN_SIZES, RPN_RATIOS, (4, 8, 16, 32, 64))
-    ours = RPN(RPNHead(channels, 3), anchor_generator, **cfg)
+    ours = RPN(_rpn_shapes(channels), anchor_sizes=RPN_SIZES, aspect_ratios=RPN_RATIOS[0], **cfg)
     key_map = rpn_key_map_from_torchvision(src_prefix="", dst_prefix="")
     ours.load_state_dict({key_map[k]: v for k, v in tv.state_dict().items()})
     return ours, tv
@@ -319,7 +325,7 @@ def test_rpn_gradients_match_torchvision_without_sampling():
     torch.testing.assert_close(ours.head.box_deltas.weight.grad, tv.head.bbox_pred.weight.grad)
 
 
-def test_rpn_empty_and_crowd_targets():
+def test_rpn_empty_and_filtered_targets():
     from lightning_seg.structures.targets import InstanceTargets
 
     ours, _ = _rpn_pair()
@@ -335,7 +341,10 @@ def test_rpn_empty_and_crowd_targets():
     assert ours.head.objectness_logits.weight.grad is not None
     assert torch.isfinite(ours.head.objectness_logits.weight.grad).all()
 
-    # crowd (and degenerate) boxes do not match: such an image is a background image
+    # crowd and degenerate boxes are dropped by the detector's TargetFilter (counted): the
+    # image is then a background image for the RPN
+    from lightning_seg.models.assigners.target_filter import TargetFilter
+
     crowd = [
         InstanceTargets(
             boxes=torch.cat([t.boxes, torch.tensor([[5.0, 5.0, 5.0, 20.0]])]),
@@ -347,7 +356,9 @@ def test_rpn_empty_and_crowd_targets():
     ]
     raw = ours(feats, IMAGE_SIZES)
     torch.manual_seed(3)
-    crowd_losses = ours.loss(raw, crowd)
+    target_filter = TargetFilter()
+    crowd_losses = ours.loss(raw, target_filter(crowd))
+    assert target_filter.counts == {"crowd": 5, "degenerate box": 2}
     assert crowd_losses["loss_rpn_box"].item() == 0.0
     torch.testing.assert_close(crowd_losses["loss_rpn_cls"], losses["loss_rpn_cls"])
 
@@ -358,8 +369,7 @@ def test_rpn_empty_and_crowd_targets():
 
 
 def test_rpn_top_k_settings_and_bad_config():
-    from lightning_seg.models.heads.anchors import AnchorGenerator
-    from lightning_seg.models.heads.rpn import RPN, RPNHead
+    from lightning_seg.models.heads.rpn import RPN
 
     ours, _ = _rpn_pair(
         pre_nms_top_n_train=5, post_nms_top_n_train=4, pre_nms_top_n_test=30, post_nms_top_n_test=12
@@ -368,7 +378,9 @@ def test_rpn_top_k_settings_and_bad_config():
     raw = ours(feats, IMAGE_SIZES)
     assert all(p.shape[0] <= 4 for p in ours.train().predict(raw))
     assert all(4 < p.shape[0] <= 12 for p in ours.eval().predict(raw))
-    with pytest.raises(ValueError, match="anchors per location"):
-        RPN(RPNHead(8, 2), AnchorGenerator())
-    with pytest.raises(ValueError, match="levels"):
-        RPN(RPNHead(8, 3), AnchorGenerator(), in_features=("p2", "p3"))
+    with pytest.raises(ValueError, match="same number of anchor sizes"):
+        RPN(_rpn_shapes(8), anchor_sizes=(32, (64, 90), 128, 256, 512))
+    with pytest.raises(ValueError, match="one anchor size"):
+        RPN(_rpn_shapes(8), in_features=("p2", "p3"))
+    with pytest.raises(ValueError, match="not among the neck's levels"):
+        RPN(_rpn_shapes(8), in_features=("p2", "p7"), anchor_sizes=(32, 64))

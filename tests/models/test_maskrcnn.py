@@ -4,32 +4,40 @@ bf16 autocast, eval outputs, and overfitting real COCO images."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_seg.models.detectors.mask_rcnn import MaskRCNN, MaskRCNNResNetFPN
-from lightning_seg.structures import InstancePredictions, InstanceTargets
+from lightning_seg.models.detectors.mask_rcnn import MaskRCNN, mask_rcnn_resnet_fpn
+from lightning_seg.models.heads import RPN, BoxRoIHead, MaskRoIHead
+from lightning_seg.structures import Batch, InstancePredictions, InstanceTargets
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
 
 
 def tiny_mask_rcnn(num_classes: int = 3, **kwargs) -> MaskRCNN:
     """ResNet-18, 64-channel FPN, small heads and few RoIs: seconds per step on a CPU."""
+    anchor_sizes = kwargs.pop("anchor_sizes", (16, 32, 64, 128, 256))
+    box_options = kwargs.pop("box_options", dict(fc_dim=256, batch_size_per_image=128))
+    levels = ("p2", "p3", "p4", "p5")
     options = dict(
         depth=18,
         fpn_channels=64,
-        anchor_sizes=(16, 32, 64, 128, 256),
-        rpn_kwargs=dict(
-            pre_nms_top_n_train=300, post_nms_top_n_train=150,
-            pre_nms_top_n_test=300, post_nms_top_n_test=100, batch_size_per_image=128,
-        ),
-        box_head_kwargs=dict(fc_dim=256, batch_size_per_image=128),
-        mask_head_kwargs=dict(conv_dims=(64, 64)),
+        rpn=partial(RPN, anchor_sizes=anchor_sizes, pre_nms_top_n_train=300,
+                    post_nms_top_n_train=150, pre_nms_top_n_test=300, post_nms_top_n_test=100,
+                    batch_size_per_image=128),
+        box_head=partial(BoxRoIHead, num_classes=num_classes, in_features=levels, **box_options),
+        mask_head=partial(MaskRoIHead, num_classes=num_classes, in_features=levels,
+                          conv_dims=(64, 64)),
     )
     options.update(kwargs)
-    return MaskRCNNResNetFPN(num_classes, **options)
+    return mask_rcnn_resnet_fpn(num_classes, **options)
+
+
+def batch_of(images, sizes, targets=None, orig_sizes=None) -> Batch:
+    return Batch.from_images(images, targets, image_sizes=sizes, orig_sizes=orig_sizes)
 
 
 def _blob_batch(sizes, counts, num_classes=3, seed=0):
@@ -77,7 +85,7 @@ def _blob_batch(sizes, counts, num_classes=3, seed=0):
 def test_training_losses_unequal_sizes_and_an_empty_image():
     model = tiny_mask_rcnn().train()
     images, sizes, targets = _blob_batch([(97, 130), (121, 83), (64, 64)], [3, 2, 0])
-    losses = model(images, sizes, targets)
+    losses = model(batch_of(images, sizes, targets))
     assert set(losses) == LOSS_KEYS
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     assert losses["loss_mask"] > 0 and losses["loss_box"] > 0
@@ -89,7 +97,7 @@ def test_training_losses_unequal_sizes_and_an_empty_image():
 def test_empty_targets_give_zero_box_and_mask_losses():
     model = tiny_mask_rcnn().train()
     images, sizes, targets = _blob_batch([(75, 101), (90, 64)], [0, 0])
-    losses = model(images, sizes, targets)
+    losses = model(batch_of(images, sizes, targets))
     assert set(losses) == LOSS_KEYS
     for key in ("loss_rpn_box", "loss_box", "loss_mask"):
         assert losses[key].item() == 0.0, key
@@ -107,17 +115,22 @@ def test_crowd_only_image_is_a_background_image():
         InstanceTargets(targets[0].boxes, targets[0].labels, targets[0].image_size,
                         masks=targets[0].masks, iscrowd=torch.ones(2, dtype=torch.bool))
     ]
-    losses = model(images, sizes, targets)
+    losses = model(batch_of(images, sizes, targets))
     assert losses["loss_box"].item() == 0.0 and losses["loss_mask"].item() == 0.0
 
 
-def test_degenerate_box_is_reported():
+def test_degenerate_box_is_dropped_and_counted(caplog):
     model = tiny_mask_rcnn().train()
     images, sizes, _ = _blob_batch([(64, 64)], [0])
-    bad = InstanceTargets(torch.tensor([[10.0, 10.0, 10.0, 30.0]]), torch.tensor([0]), (64, 64),
-                          masks=torch.zeros(1, 64, 64, dtype=torch.bool))
-    with pytest.raises(ValueError, match="non-positive width"):
-        model(images, sizes, [bad])
+    bad = InstanceTargets(torch.tensor([[10.0, 10.0, 10.0, 30.0], [5.0, 5.0, 40.0, 40.0]]),
+                          torch.tensor([0, 1]), (64, 64),
+                          masks=torch.zeros(2, 64, 64, dtype=torch.bool))
+    with caplog.at_level("WARNING", logger="lightning_seg.models"):
+        losses = model(batch_of(images, sizes, [bad]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_box"] > 0  # the valid box still trains
+    assert model.target_filter.counts["degenerate box"] == 1
+    assert "dropped 1 training boxes" in caplog.text
 
 
 def test_eval_outputs_and_orig_sizes():
@@ -125,9 +138,9 @@ def test_eval_outputs_and_orig_sizes():
     model.box_head.score_thresh = 0.0  # random weights: keep detections
     images, sizes, _ = _blob_batch([(97, 130), (121, 83)], [2, 1])
     with torch.no_grad():
-        native = model(images, sizes)
+        native = model(batch_of(images, sizes))
         orig = [(194, 65), (121, 83)]
-        scaled = model(images, sizes, orig_sizes=orig)
+        scaled = model(batch_of(images, sizes, orig_sizes=orig))
     for pred, size in zip(native, sizes):
         assert isinstance(pred, InstancePredictions) and pred.image_size == size
         assert 0 < len(pred) <= model.box_head.detections_per_img
@@ -148,7 +161,7 @@ def test_padding_does_not_change_predictions():
     images, sizes, _ = _blob_batch([(97, 130), (121, 83)], [2, 1])
     padded = F.pad(images, (0, 30, 0, 17), value=0.7)
     with torch.no_grad():
-        a, b = model(images, sizes), model(padded, sizes)
+        a, b = model(batch_of(images, sizes)), model(batch_of(padded, sizes))
     for x, y in zip(a, b):
         torch.testing.assert_close(x.boxes, y.boxes)
         assert torch.equal(x.masks, y.masks)
@@ -158,7 +171,7 @@ def test_bf16_autocast_forward_backward_on_cpu():
     model = tiny_mask_rcnn().train()
     images, sizes, targets = _blob_batch([(61, 80), (72, 57)], [2, 1])  # bf16 CPU convs are slow
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(images, sizes, targets)
+        losses = model(batch_of(images, sizes, targets))
     assert set(losses) == LOSS_KEYS
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -167,30 +180,28 @@ def test_bf16_autocast_forward_backward_on_cpu():
     )
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        preds = model(images, sizes)
+        preds = model(batch_of(images, sizes))
     assert all(torch.isfinite(p.boxes).all() for p in preds)
 
 
 def test_faster_rcnn_without_mask_head():
     model = tiny_mask_rcnn(with_mask=False).train()
     images, sizes, targets = _blob_batch([(80, 96)], [2])
-    assert set(model(images, sizes, targets)) == LOSS_KEYS - {"loss_mask"}
+    assert set(model(batch_of(images, sizes, targets))) == LOSS_KEYS - {"loss_mask"}
     model.eval()
     with torch.no_grad():
-        assert model(images, sizes)[0].masks is None
+        assert model(batch_of(images, sizes))[0].masks is None
 
 
 def test_overfit_synthetic_image_loss_drops():
     """A tiny model memorises one image: the total loss falls by >= 90%."""
     torch.manual_seed(0)
-    model = tiny_mask_rcnn(
-        box_head_kwargs=dict(fc_dim=256, batch_size_per_image=64),
-    ).train()
+    model = tiny_mask_rcnn(box_options=dict(fc_dim=256, batch_size_per_image=64)).train()
     images, sizes, targets = _blob_batch([(96, 128)], [2], seed=1)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     first = None
     for step in range(100):
-        losses = model(images, sizes, targets)
+        losses = model(batch_of(images, sizes, targets))
         total = sum(losses.values())
         opt.zero_grad()
         total.backward()
@@ -304,14 +315,14 @@ def test_overfit_coco_mini_mask_ap50(shared_data):
     for step in range(300):
         idx = [(3 * step + j) % len(sizes) for j in range(3)]
         model.train()
-        losses = model(batch[idx], [sizes[i] for i in idx], [targets[i] for i in idx])
+        losses = model(batch_of(batch[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
         if (step + 1) % 20 == 0 and step + 1 >= 100:
             model.eval()
             with torch.no_grad():
-                ap50 = mask_ap50(model(batch, sizes), targets)
+                ap50 = mask_ap50(model(batch_of(batch, sizes)), targets)
             history.append((step + 1, round(ap50, 3)))
             if ap50 >= 0.9:
                 break

@@ -15,10 +15,14 @@ from lightning_seg.models.heads.box_head import BoxHeadOutput, BoxRoIHead
 from lightning_seg.models.heads.mask_head import MaskHeadOutput, MaskRoIHead
 from lightning_seg.models.postprocess.masks import paste_masks_in_image
 from lightning_seg.ops.roi_align import map_boxes_to_levels, multilevel_roi_align
-from lightning_seg.structures import InstanceTargets
+from lightning_seg.structures import InstanceTargets, ShapeSpec
 
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 IMAGE_SIZES = [(150, 221), (203, 160)]  # (h, w), padded batch 224 x 224
+
+
+def shapes(channels: int) -> dict[str, ShapeSpec]:
+    return {name: ShapeSpec(channels, s) for name, s in STRIDES.items()}
 
 
 def _features(channels: int = 8) -> dict[str, torch.Tensor]:
@@ -76,7 +80,7 @@ def test_multilevel_roi_align_empty_and_gradient():
 
 # ------------------------------------------------------------------ box head
 def _box_heads(num_classes: int = 3, channels: int = 8, **kwargs):
-    ours = BoxRoIHead(channels, num_classes, STRIDES, aligned=False, fc_dim=32, **kwargs)
+    ours = BoxRoIHead(shapes(channels), num_classes, aligned=False, fc_dim=32, **kwargs)
     tv = tv_roi_heads.RoIHeads(
         MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
         TwoMLPHead(channels * 49, 32),
@@ -151,14 +155,18 @@ def test_box_head_inference_equals_torchvision():
         assert torch.equal(p.labels, e["labels"] - 1)
 
 
-def test_box_head_crowd_is_not_matched():
-    head = BoxRoIHead(8, 3, STRIDES, fc_dim=16)
+def test_box_head_after_the_target_filter_ignores_crowd():
+    from lightning_seg.models.assigners.target_filter import TargetFilter
+
+    head = BoxRoIHead(shapes(8), 3, fc_dim=16)
     crowd_box = torch.tensor([[10.0, 10.0, 60.0, 60.0]])
     target = InstanceTargets(
         crowd_box, torch.tensor([1]), (100, 100), iscrowd=torch.tensor([True])
     )
     proposals = [crowd_box.clone(), crowd_box + 1]
-    raw = head(_features(), proposals, [(100, 100), (100, 100)], [target, target])
+    targets = TargetFilter()([target, target])
+    assert all(len(t) == 0 for t in targets)
+    raw = head(_features(), proposals, [(100, 100), (100, 100)], targets)
     assert all((lab <= 0).all() for lab in raw.roi_labels)
     losses = head.loss(raw)
     assert losses["loss_box"].item() == 0.0 and losses["loss_cls"].item() > 0
@@ -167,7 +175,7 @@ def test_box_head_crowd_is_not_matched():
 # ------------------------------------------------------------------ mask head
 def test_mask_head_architecture_and_loss_equal_torchvision():
     torch.manual_seed(0)
-    head = MaskRoIHead(8, 3, STRIDES, aligned=False, conv_dims=(16, 16, 16, 16),
+    head = MaskRoIHead(shapes(8), 3, aligned=False, conv_dims=(16, 16, 16, 16),
                        target_aligned=False)
     features = _features()
     targets = _targets()
@@ -186,7 +194,7 @@ def test_mask_head_architecture_and_loss_equal_torchvision():
 
 
 def test_mask_loss_uses_only_the_gt_class_channel():
-    head = MaskRoIHead(8, 3, STRIDES, conv_dims=(8,))
+    head = MaskRoIHead(shapes(8), 3, conv_dims=(8,))
     box = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
     mask = torch.zeros(1, 64, 64, dtype=torch.bool)
     mask[0, 4:48, 4:48] = True  # the RoI lies inside the mask -> targets all ones
@@ -204,7 +212,7 @@ def test_mask_loss_uses_only_the_gt_class_channel():
 
 
 def test_mask_head_no_positives_loss_is_zero_and_connected():
-    head = MaskRoIHead(8, 3, STRIDES, conv_dims=(8,))
+    head = MaskRoIHead(shapes(8), 3, conv_dims=(8,))
     features = {k: v.requires_grad_() for k, v in _features().items()}
     empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
     no_labels = [torch.zeros(0, dtype=torch.int64)] * 2
@@ -216,7 +224,7 @@ def test_mask_head_no_positives_loss_is_zero_and_connected():
 
 
 def test_box_head_empty_loss_is_zero():
-    head = BoxRoIHead(8, 3, STRIDES, fc_dim=16)
+    head = BoxRoIHead(shapes(8), 3, fc_dim=16)
     raw = BoxHeadOutput(
         torch.zeros(0, 4, requires_grad=True), torch.zeros(0, 16, requires_grad=True),
         [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.int64)],

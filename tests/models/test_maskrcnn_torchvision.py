@@ -16,6 +16,7 @@ from lightning_seg.models.detectors.mask_rcnn import (
     map_torchvision_maskrcnn_state_dict,
     mask_rcnn_r50_fpn_torchvision_compat,
 )
+from lightning_seg.structures import Batch
 
 NUM_CLASSES = 3
 # (h, w); torchvision's transform scales by min(min_size / short, max_size / long): with both
@@ -102,7 +103,7 @@ def test_eval_outputs_equal_torchvision(tv_model, our_model):
     batch, singles = _images()
     tv_model.roi_heads.score_thresh = 0.05
     expected = tv_model(singles)
-    preds = our_model(batch, SIZES)
+    preds = our_model(Batch.from_images(batch, image_sizes=SIZES))
     for p, e, size in zip(preds, expected, SIZES):
         assert len(e["boxes"]) > 10, "random weights should give detections"
         assert p.image_size == size

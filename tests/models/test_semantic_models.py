@@ -66,7 +66,7 @@ def test_bilinear_transposed_conv_equals_interpolate() -> None:
 def test_fcn_variants_odd_sizes(variant: str) -> None:
     model = FCN(_tiny_vgg(), num_classes=3, variant=variant, score_init_std=0.01).eval()
     with torch.no_grad():
-        assert model(torch.rand(2, 3, 45, 70)).shape == (2, 3, 45, 70)
+        assert model.logits(torch.rand(2, 3, 45, 70)).shape == (2, 3, 45, 70)
     built = {n for n in ("score_pool4", "score_pool3") if getattr(model, n) is not None}
     assert built == {"32s": set(), "16s": {"score_pool4"}, "8s": {"score_pool4", "score_pool3"}}[variant]
     assert not model.upscore.weight.requires_grad  # final upsampling fixed to bilinear
@@ -79,10 +79,10 @@ def test_fcn_skip_scores_start_at_zero() -> None:
     assert fcn8.score_pool4.weight.abs().sum() == 0 and fcn8.score_pool3.weight.abs().sum() == 0
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        feats = fcn8.backbone((x - fcn8.pixel_mean) / fcn8.pixel_std)
+        feats = fcn8.backbone((x - fcn8.preprocessor.pixel_mean) / fcn8.preprocessor.pixel_std)
         coarse = fcn8.score_fr(feats["fc7"])
         ref = F.interpolate(coarse, scale_factor=32, mode="bilinear", align_corners=False)
-        got = fcn8(x)
+        got = fcn8.logits(x)
     torch.testing.assert_close(got[..., 32:-32, 32:-32], ref[..., 32:-32, 32:-32], atol=1e-5, rtol=1e-4)
 
 
@@ -90,7 +90,7 @@ def test_fcn_resnet_option_and_stride_check() -> None:
     backbone = ResNetBackbone(depth=18, num_blocks=(1, 1, 1, 1), out_features=("c3", "c4", "c5"))
     model = FCN(backbone, 5, in_features=("c3", "c4", "c5")).eval()
     with torch.no_grad():
-        assert model(torch.rand(1, 3, 50, 33)).shape == (1, 5, 50, 33)
+        assert model.logits(torch.rand(1, 3, 50, 33)).shape == (1, 5, 50, 33)
     with pytest.raises(ValueError, match="strides 8, 16, 32"):
         FCN(ResNetBackbone(depth=18, num_blocks=(1, 1, 1, 1), output_stride=16), 5, in_features=("c3", "c4", "c5"))
 
@@ -113,8 +113,8 @@ def test_unet_paper_sizes() -> None:
 def test_unet_forward_returns_input_size(padding: str) -> None:
     model = UNet(3, base_channels=4, depth=2, padding=padding).eval()
     with torch.no_grad():
-        assert model(torch.rand(2, 3, 37, 50)).shape == (2, 3, 37, 50)
-        assert model(torch.rand(1, 3, 5, 3)).shape == (1, 3, 5, 3)  # smaller than the margin
+        assert model.logits(torch.rand(2, 3, 37, 50)).shape == (2, 3, 37, 50)
+        assert model.logits(torch.rand(1, 3, 5, 3)).shape == (1, 3, 5, 3)  # smaller than the margin
 
 
 def test_unet_valid_overlap_tile_equals_whole_image() -> None:
@@ -123,9 +123,9 @@ def test_unet_valid_overlap_tile_equals_whole_image() -> None:
     assert model.tile_size == (64, 64)  # rounded down to a valid size
     x = torch.rand(1, 3, 70, 95)
     with torch.no_grad():
-        tiled = model(x)
+        tiled = model.logits(x)
         model.tile_size = None
-        whole = model(x)
+        whole = model.logits(x)
     torch.testing.assert_close(tiled, whole, atol=1e-4, rtol=1e-4)
 
 
@@ -192,8 +192,8 @@ def test_deeplabv3_matches_torchvision() -> None:
     assert not report.missing and not report.unexpected and not report.shape_mismatch
     x = torch.rand(1, 3, 65, 97)
     with torch.no_grad():
-        ref = tv((x - ours.pixel_mean) / ours.pixel_std)["out"]
-        got = ours(x)
+        ref = tv((x - ours.preprocessor.pixel_mean) / ours.preprocessor.pixel_std)["out"]
+        got = ours.logits(x)
     assert got.shape == (1, num_classes, 65, 97)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
@@ -234,8 +234,8 @@ def test_deeplabv3plus_shapes_resnet_and_xception() -> None:
     ).eval()
     x = torch.rand(1, 3, 53, 75)
     with torch.no_grad():
-        assert model(x).shape == (1, 4, 53, 75)
-        assert model_x(x).shape == (1, 4, 53, 75)
+        assert model.logits(x).shape == (1, 4, 53, 75)
+        assert model_x.logits(x).shape == (1, 4, 53, 75)
     with pytest.raises(ValueError, match="no feature 'c2'"):
         DeepLabV3Plus(ResNetBackbone(depth=18, num_blocks=(1, 1, 1, 1), out_features=("c5",)), 4)
 

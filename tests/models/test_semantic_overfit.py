@@ -24,6 +24,7 @@ from lightning_seg.models.backbones.xception import XceptionBackbone
 from lightning_seg.models.detectors.deeplab import DeepLabV3, DeepLabV3Plus
 from lightning_seg.models.detectors.fcn import FCN
 from lightning_seg.models.detectors.unet import UNet
+from lightning_seg.structures import Batch
 
 NUM_CLASSES = 4
 _PALETTE = torch.tensor([[0.1, 0.1, 0.1], [0.9, 0.2, 0.2], [0.2, 0.9, 0.2], [0.2, 0.2, 0.9]])
@@ -84,13 +85,14 @@ def overfit(
         ``(first_loss, last_loss, pixel_accuracy, miou, steps)`` of the last training step.
     """
     images, labels = batch
+    data = Batch.from_images(images, semantic=labels)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     first = None
     for step in range(1, max_steps + 1):
-        logits = model(images)
+        logits = model.logits(images)  # what model(data) computes, kept for the metrics
         assert logits.shape == (images.shape[0], NUM_CLASSES, *images.shape[-2:])
-        loss = F.cross_entropy(logits, labels)
+        loss = model.criterion(logits, data)["loss_ce"]
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()

@@ -16,22 +16,31 @@ from lightning_seg.tasks import InstanceSegmentationTask
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _part(class_path: str, **init_args) -> dict:
+    return {"class_path": class_path, "init_args": init_args}
+
+
+#: Mask R-CNN written part by part (R18, 32-channel FPN, small heads): num_classes of the box
+#: and mask heads comes from the DataModule.
+TINY_MASK_RCNN = _part(
+    "lightning_seg.models.detectors.MaskRCNN",
+    backbone=_part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
+    neck=_part("lightning_seg.models.necks.FPN", out_channels=32),
+    rpn=_part("lightning_seg.models.heads.RPN", pre_nms_top_n_train=300, post_nms_top_n_train=100,
+              pre_nms_top_n_test=100, post_nms_top_n_test=50),
+    box_head=_part("lightning_seg.models.heads.BoxRoIHead", in_features=["p2", "p3", "p4", "p5"],
+                   batch_size_per_image=64, fc_dim=64, score_thresh=0.0),
+    mask_head=_part("lightning_seg.models.heads.MaskRoIHead", in_features=["p2", "p3", "p4", "p5"],
+                    conv_dims=[32, 32]),
+)
+
+
 def _config(tmp_path: Path) -> Path:
     cfg = {
         "model": {
             "class_path": "lightning_seg.tasks.InstanceSegmentationTask",
             "init_args": {
-                "model": {
-                    "class_path": "lightning_seg.models.detectors.mask_rcnn.MaskRCNNResNetFPN",
-                    "init_args": {
-                        "depth": 18, "fpn_channels": 32,
-                        "rpn_kwargs": {"pre_nms_top_n_train": 300, "post_nms_top_n_train": 100,
-                                       "pre_nms_top_n_test": 100, "post_nms_top_n_test": 50},
-                        "box_head_kwargs": {"batch_size_per_image": 64, "fc_dim": 64,
-                                            "score_thresh": 0.0},
-                        "mask_head_kwargs": {"conv_dims": [32, 32]},
-                    },
-                },
+                "model": TINY_MASK_RCNN,
                 "optimizer": {"class_path": "torch.optim.SGD",
                               "init_args": {"lr": 0.005, "momentum": 0.9}},
             },
@@ -116,3 +125,33 @@ def test_fit_with_mixed_precision_from_the_config(tmp_path, monkeypatch):
     assert losses, f"no train/loss terms logged: {sorted(metrics)}"
     assert all(torch.isfinite(v).all() for v in losses.values()), losses
     assert "val/segm/AP" in metrics
+
+
+def test_part_by_part_yaml_equals_the_builder(trained):
+    """The YAML network (parts named by class_path, num_classes filled from the data) is the
+    builder's: same modules, same parameter names and shapes, same outputs given the same weights."""
+    from functools import partial
+
+    from lightning_seg.models.detectors.mask_rcnn import mask_rcnn_resnet_fpn
+    from lightning_seg.models.heads import RPN, BoxRoIHead, MaskRoIHead
+    from lightning_seg.structures import Batch
+
+    _, _, cli = trained
+    yaml_net = cli.model.model.eval()
+    levels = ("p2", "p3", "p4", "p5")
+    built = mask_rcnn_resnet_fpn(
+        4, depth=18, fpn_channels=32,
+        rpn=partial(RPN, pre_nms_top_n_train=300, post_nms_top_n_train=100,
+                    pre_nms_top_n_test=100, post_nms_top_n_test=50),
+        box_head=partial(BoxRoIHead, num_classes=4, in_features=levels, batch_size_per_image=64,
+                         fc_dim=64, score_thresh=0.0),
+        mask_head=partial(MaskRoIHead, num_classes=4, in_features=levels, conv_dims=(32, 32)),
+    ).eval()
+    assert repr(built) == repr(yaml_net)
+    shapes = {k: v.shape for k, v in yaml_net.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in built.state_dict().items()}
+    built.load_state_dict(yaml_net.state_dict())
+    batch = Batch.from_images([torch.rand(3, 64, 96), torch.rand(3, 50, 70)])
+    with torch.no_grad():
+        for a, b in zip(yaml_net(batch), built(batch)):
+            assert torch.equal(a.boxes, b.boxes) and torch.equal(a.masks, b.masks)

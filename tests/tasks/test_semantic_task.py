@@ -12,6 +12,7 @@ from PIL import Image
 
 from lightning_seg.cli import main
 from lightning_seg.models.detectors.unet import UNet
+from lightning_seg.structures import Batch, SemanticPredictions
 from lightning_seg.tasks import SemanticSegmentationTask
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +83,9 @@ def test_load_from_checkpoint_rebuilds_network(trained):
     task = SemanticSegmentationTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert isinstance(task.model, UNet)
     assert task.num_classes == 7 and task.class_names[0] == "circle"
-    out = task.eval()(torch.rand(1, 3, 40, 56))
-    assert out.shape == (1, 7, 40, 56)
+    out = task.eval()(Batch.from_images([torch.rand(3, 40, 56)]))
+    assert isinstance(out, SemanticPredictions) and out.logits.shape == (1, 7, 40, 56)
+    assert out.original(0).shape == (40, 56)
 
 
 def test_predict_writes_label_pngs_at_original_size(trained, tmp_path, monkeypatch):
@@ -107,16 +109,15 @@ def test_predict_writes_label_pngs_at_original_size(trained, tmp_path, monkeypat
 
 
 def test_loss_rejects_labels_out_of_range():
-    task = SemanticSegmentationTask(UNet(num_classes=3, base_channels=4, depth=1), num_classes=3)
-    logits = torch.zeros(1, 3, 4, 4, requires_grad=True)
-    target = torch.full((1, 4, 4), 5)
+    model = UNet(num_classes=3, base_channels=4, depth=1).train()
+    batch = Batch.from_images(torch.rand(1, 3, 4, 4), semantic=torch.full((1, 4, 4), 5))
     with pytest.raises(ValueError, match="label values must be in"):
-        task.loss(logits, target)
+        model(batch)
 
 
 def test_loss_all_ignored_is_zero_and_connected():
-    task = SemanticSegmentationTask(UNet(num_classes=3, base_channels=4, depth=1), num_classes=3)
-    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
-    loss = task.loss(logits, torch.full((1, 4, 4), 255))["loss_ce"]
+    model = UNet(num_classes=3, base_channels=4, depth=1).train()
+    batch = Batch.from_images(torch.rand(1, 3, 4, 4), semantic=torch.full((1, 4, 4), 255))
+    loss = model(batch)["loss_ce"]
     loss.backward()
-    assert loss.item() == 0.0 and logits.grad is not None
+    assert loss.item() == 0.0 and model.classifier.weight.grad is not None

@@ -2,7 +2,7 @@
 
 Items are clips of ``clip_length`` consecutive frames (``VideoClipDataset``); a clip is augmented
 with one set of random parameters (``AlbumentationsTransform.apply_clip``) and ``ClipCollate``
-flattens B clips into a ``Batch`` of ``B * T`` frames (``Batch.extra["clip_length"] = T``).
+flattens B clips into a ``Batch`` of ``B * T`` frames (``Batch.clip_length = T``).
 """
 
 from __future__ import annotations

@@ -1,1 +1,8 @@
-"""Backbones: each exposes ``out_channels`` and ``strides`` dicts and returns a feature dict."""
+"""Backbones: each exposes ``output_shape()`` (channels and stride per level) and returns a
+feature dict."""
+
+from lightning_seg.models.backbones.resnet import ResNetBackbone
+from lightning_seg.models.backbones.vgg import VGGBackbone
+from lightning_seg.models.backbones.xception import XceptionBackbone
+
+__all__ = ["ResNetBackbone", "VGGBackbone", "XceptionBackbone"]

@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
 from lightning_seg.layers.norm import freeze_batchnorm
+from lightning_seg.models.weights import load_checkpoint_file, torchvision_weights
+from lightning_seg.structures.specs import FeatureShapesMixin
 
 _DEPTHS = (18, 34, 50, 101, 152)
 _LEVELS = ("c2", "c3", "c4", "c5")
@@ -58,7 +59,7 @@ def _dilate_layer(layer: nn.Sequential, dilations: Sequence[int]) -> None:
             block.downsample[0].stride = (1, 1)
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(FeatureShapesMixin, nn.Module):
     """Torchvision ResNet-18/34/50/101/152 returning the stage outputs ``c2..c5``.
 
     Args:
@@ -140,15 +141,9 @@ class ResNetBackbone(nn.Module):
         self._make_atrous(output_stride, multi_grid)
 
         if weights is not None:
-            enum = torchvision.models.get_model_weights(f"resnet{depth}")
-            try:
-                member = enum[weights]
-            except KeyError as exc:
-                names = [w.name for w in enum]
-                raise ValueError(f"unknown ResNet{depth} weights {weights!r}; choose one of {names}") from exc
-            self.load_torchvision_state_dict(member.get_state_dict(progress=False))
+            self.load_torchvision_state_dict(torchvision_weights(f"resnet{depth}", weights))
         if weights_path is not None:
-            self.load_torchvision_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+            self.load_torchvision_state_dict(load_checkpoint_file(weights_path, "weights_path"))
 
         self.freeze_at = freeze_at
         self._freeze(freeze_at)

@@ -17,17 +17,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
-import torchvision
 from torch import Tensor, nn
 
 from lightning_seg.layers.conv import NativeBackwardConv2d
+from lightning_seg.models.weights import load_checkpoint_file, torchvision_weights
+from lightning_seg.structures.specs import FeatureShapesMixin
 
 _LEVELS = ("pool1", "pool2", "pool3", "pool4", "pool5", "fc7")
 _STRIDES = {"pool1": 2, "pool2": 4, "pool3": 8, "pool4": 16, "pool5": 32, "fc7": 32}
 
 
-class VGGBackbone(nn.Module):
+class VGGBackbone(FeatureShapesMixin, nn.Module):
     """VGG16 (configuration D) returning pooled stage outputs and optionally fc7.
 
     Args:
@@ -106,14 +106,9 @@ class VGGBackbone(nn.Module):
         self.strides: dict[str, int] = {f: _STRIDES[f] for f in self.out_features}
 
         if weights is not None:
-            enum = torchvision.models.VGG16_BN_Weights if batch_norm else torchvision.models.VGG16_Weights
-            try:
-                member = enum[weights]
-            except KeyError as exc:
-                raise ValueError(f"unknown VGG16 weights {weights!r}; choose one of {[w.name for w in enum]}") from exc
-            self.load_torchvision_state_dict(member.get_state_dict(progress=False))
+            self.load_torchvision_state_dict(torchvision_weights("vgg16_bn" if batch_norm else "vgg16", weights))
         if weights_path is not None:
-            self.load_torchvision_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+            self.load_torchvision_state_dict(load_checkpoint_file(weights_path, "weights_path"))
 
     def load_torchvision_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load torchvision VGG16 weights; fc6 / fc7 come from ``classifier.0`` / ``classifier.3``.

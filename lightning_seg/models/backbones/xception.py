@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from lightning_seg.layers.conv import ActLayer, ConvNormAct, NormLayer, inplace_relu
 from lightning_seg.layers.separable import SeparableConv2d
+from lightning_seg.models.weights import load_checkpoint_file
+from lightning_seg.structures.specs import FeatureShapesMixin
 
 
 class XceptionBlock(nn.Module):
@@ -81,7 +82,7 @@ def _scaled(channels: int, multiplier: float) -> int:
     return max(8, int(round(channels * multiplier / 8)) * 8)
 
 
-class XceptionBackbone(nn.Module):
+class XceptionBackbone(FeatureShapesMixin, nn.Module):
     """Aligned Xception-65 (DeepLab v3+) returning ``low_level`` (stride 4) and ``out``.
 
     Args:
@@ -149,7 +150,7 @@ class XceptionBackbone(nn.Module):
         self.out_channels: dict[str, int] = {f: channels[f] for f in out_features}
         self.strides: dict[str, int] = {f: {"low_level": 4, "out": output_stride}[f] for f in out_features}
         if weights_path is not None:
-            result = self.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=False)
+            result = self.load_state_dict(load_checkpoint_file(weights_path, "weights_path"), strict=False)
             if result.missing_keys or result.unexpected_keys:
                 raise KeyError(
                     f"{weights_path}: Xception checkpoint does not match this configuration: missing "

@@ -26,11 +26,11 @@ from lightning_seg.layers.conv import ConvNormAct, NormLayer
 from lightning_seg.layers.separable import SeparableConv2d
 from lightning_seg.models.backbones.resnet import ResNetBackbone
 from lightning_seg.models.backbones.xception import XceptionBackbone
+from lightning_seg.models.detectors.semantic import SemanticSegmentor
+from lightning_seg.models.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _default_rates(stride: int) -> tuple[int, ...]:
@@ -38,7 +38,7 @@ def _default_rates(stride: int) -> tuple[int, ...]:
     return tuple(r * 16 // stride for r in (6, 12, 18))
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(SemanticSegmentor):
     """DeepLab v3: atrous backbone + ASPP + classifier, logits upsampled to the input size.
 
     Args:
@@ -55,17 +55,18 @@ class DeepLabV3(nn.Module):
             1 in torchvision's preset).
         dropout: dropout after the ASPP projection.
         norm_layer: normalisation constructor for ASPP and head.
-        pixel_mean: RGB mean for normalisation of ``[0, 1]`` images.
-        pixel_std: RGB std.
+        ignore_index: label of void pixels (filled from the dataset); for the default criterion.
+        criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
+        preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
 
-    Inputs / outputs (train and eval alike):
-        ``forward(Tensor[B, 3, H, W] in [0, 1]) -> Tensor[B, K, H, W]`` logits (any H, W).
+    Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``; ``model.logits(images)``
+    gives ``Tensor[B, K, H, W]`` logits for any H, W).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int,
+        num_classes: int | None = None,
         in_feature: str = "c5",
         aspp_rates: Sequence[int] | None = None,
         aspp_channels: int = 256,
@@ -74,15 +75,16 @@ class DeepLabV3(nn.Module):
         num_head_convs: int = 0,
         dropout: float = 0.1,
         norm_layer: NormLayer = nn.BatchNorm2d,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int | None = None,
+        criterion: nn.Module | None = None,
+        preprocessor: ImagePreprocessor | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        num_classes = self.num_classes
         if in_feature not in backbone.out_channels:
             raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
         self.backbone = backbone
         self.in_feature = in_feature
-        self.num_classes = num_classes
         rates = tuple(aspp_rates) if aspp_rates is not None else _default_rates(backbone.strides[in_feature])
         self.aspp = ASPP(
             backbone.out_channels[in_feature],
@@ -97,23 +99,15 @@ class DeepLabV3(nn.Module):
             *[ConvNormAct(aspp_channels, aspp_channels, 3, norm_layer=norm_layer) for _ in range(num_head_convs)]
         )
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Args:
-            images: ``Tensor[B, 3, H, W]`` float in ``[0, 1]``.
-
-        Returns:
-            ``Tensor[B, K, H, W]`` logits.
-        """
-        x = (images - self.pixel_mean) / self.pixel_std
+    def network_logits(self, x: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` normalised images -> ``Tensor[B, K, H, W]`` logits."""
         feature = self.backbone(x)[self.in_feature]  # Tensor[B, C, H/OS, W/OS]
         logits = self.classifier(self.head_convs(self.aspp(feature)))  # Tensor[B, K, H/OS, W/OS]
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SemanticSegmentor):
     """DeepLab v3+: DeepLab v3 encoder + a decoder on the stride-4 feature.
 
     Args:
@@ -130,17 +124,18 @@ class DeepLabV3Plus(nn.Module):
         image_pooling: ASPP image-level branch.
         dropout: dropout after the ASPP projection.
         norm_layer: normalisation constructor.
-        pixel_mean: RGB mean for normalisation of ``[0, 1]`` images.
-        pixel_std: RGB std.
+        ignore_index: label of void pixels (filled from the dataset); for the default criterion.
+        criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
+        preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
 
-    Inputs / outputs (train and eval alike):
-        ``forward(Tensor[B, 3, H, W] in [0, 1]) -> Tensor[B, K, H, W]`` logits (any H, W).
+    Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``; ``model.logits(images)``
+    gives ``Tensor[B, K, H, W]`` logits for any H, W).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int,
+        num_classes: int | None = None,
         in_feature: str = "c5",
         low_level_feature: str = "c2",
         low_level_channels: int = 48,
@@ -152,17 +147,18 @@ class DeepLabV3Plus(nn.Module):
         image_pooling: bool = True,
         dropout: float = 0.1,
         norm_layer: NormLayer = nn.BatchNorm2d,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int | None = None,
+        criterion: nn.Module | None = None,
+        preprocessor: ImagePreprocessor | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        num_classes = self.num_classes
         for name in (in_feature, low_level_feature):
             if name not in backbone.out_channels:
                 raise ValueError(f"backbone has no feature {name!r}; it gives {list(backbone.out_channels)}")
         self.backbone = backbone
         self.in_feature = in_feature
         self.low_level_feature = low_level_feature
-        self.num_classes = num_classes
         rates = tuple(aspp_rates) if aspp_rates is not None else _default_rates(backbone.strides[in_feature])
         self.aspp = ASPP(
             backbone.out_channels[in_feature],
@@ -188,23 +184,15 @@ class DeepLabV3Plus(nn.Module):
             c_in = decoder_channels
         self.decoder = nn.Sequential(*convs)
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Args:
-            images: ``Tensor[B, 3, H, W]`` float in ``[0, 1]``.
-
-        Returns:
-            ``Tensor[B, K, H, W]`` logits.
-        """
-        x = (images - self.pixel_mean) / self.pixel_std
+    def network_logits(self, x: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` normalised images -> ``Tensor[B, K, H, W]`` logits."""
         feats = self.backbone(x)
         low = self.low_level_reduce(feats[self.low_level_feature])  # Tensor[B, 48, H/4, W/4]
         high = self.aspp(feats[self.in_feature])  # Tensor[B, 256, H/OS, W/OS]
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.classifier(self.decoder(torch.cat([high, low], dim=1)))  # Tensor[B, K, H/4, W/4]
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------- torchvision weights

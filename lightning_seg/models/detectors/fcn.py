@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from lightning_seg.models.backbones.resnet import ResNetBackbone
 from lightning_seg.models.backbones.vgg import VGGBackbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lightning_seg.models.detectors.semantic import SemanticSegmentor
+from lightning_seg.models.preprocess import ImagePreprocessor
 
 _VARIANTS = {"32s": 32, "16s": 16, "8s": 8}
 
@@ -62,7 +61,7 @@ def bilinear_upsample_layer(channels: int, factor: int, trainable: bool = True) 
     return layer
 
 
-class FCN(nn.Module):
+class FCN(SemanticSegmentor):
     """FCN-32s / 16s / 8s on any backbone that gives stride-8, 16 and 32 features.
 
     Args:
@@ -80,17 +79,18 @@ class FCN(nn.Module):
         trainable_final_upsample: learn the last upsampling (the paper fixes it to bilinear;
             the 2x upsamplings are initialised bilinear and learned).
         size_divisibility: inputs are zero-padded to a multiple of this (the largest stride).
-        pixel_mean: RGB mean for normalisation of ``[0, 1]`` images.
-        pixel_std: RGB std.
+        ignore_index: label of void pixels (filled from the dataset); for the default criterion.
+        criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
+        preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
 
-    Inputs / outputs (train and eval alike):
-        ``forward(Tensor[B, 3, H, W] in [0, 1]) -> Tensor[B, K, H, W]`` logits.
+    Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``; ``model.logits(images)``
+    gives ``Tensor[B, K, H, W]`` logits for any H, W).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int,
+        num_classes: int | None = None,
         variant: str = "8s",
         in_features: Sequence[str] = ("pool3", "pool4", "fc7"),
         score_init_std: float = 0.0,
@@ -98,10 +98,12 @@ class FCN(nn.Module):
         pool3_scale: float = 1.0,
         trainable_final_upsample: bool = False,
         size_divisibility: int = 32,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int | None = None,
+        criterion: nn.Module | None = None,
+        preprocessor: ImagePreprocessor | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        num_classes = self.num_classes
         if variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {list(_VARIANTS)}, got {variant!r}")
         in_features = tuple(in_features)
@@ -116,7 +118,6 @@ class FCN(nn.Module):
         self.backbone = backbone
         self.variant = variant
         self.in_features = in_features
-        self.num_classes = num_classes
         self.pool4_scale = pool4_scale
         self.pool3_scale = pool3_scale
         self.size_divisibility = size_divisibility
@@ -139,18 +140,10 @@ class FCN(nn.Module):
             self.score_pool3 = nn.Conv2d(c3, k, 1)
             _init_score(self.score_pool3, 0.0)
         self.upscore = bilinear_upsample_layer(k, final_factor, trainable=trainable_final_upsample)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Args:
-            images: ``Tensor[B, 3, H, W]`` float in ``[0, 1]``; any H, W.
-
-        Returns:
-            ``Tensor[B, K, H, W]`` logits.
-        """
-        h, w = images.shape[-2:]
-        x = (images - self.pixel_mean) / self.pixel_std
+    def network_logits(self, x: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` normalised images (any H, W) -> ``Tensor[B, K, H, W]`` logits."""
+        h, w = x.shape[-2:]
         d = self.size_divisibility
         ph, pw = (d - h % d) % d, (d - w % d) % d
         x = F.pad(x, (0, pw, 0, ph))

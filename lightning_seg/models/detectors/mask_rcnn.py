@@ -11,155 +11,118 @@ Class indices: ``InstanceTargets.labels`` and ``InstancePredictions.labels`` are
 ``0..K-1``; the box classifier uses index 0 for background internally (``k + 1`` = class
 ``k``), the mask head has ``K`` channels (no background).
 
-Crowd instances (``iscrowd``) are dropped from the targets before any matching: they give no
-positives to the RPN or the RoI heads and no mask targets.
+Crowd instances (``iscrowd``) and degenerate boxes are dropped from the targets once, before
+any matching (``TargetFilter``): they give no positives to the RPN or the RoI heads and no mask
+targets.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_seg.models.assigners.target_filter import TargetFilter
 from lightning_seg.models.backbones.resnet import ResNetBackbone
-from lightning_seg.models.heads.anchors import AnchorGenerator
 from lightning_seg.models.heads.box_head import BoxRoIHead
 from lightning_seg.models.heads.mask_head import MaskRoIHead
-from lightning_seg.models.heads.rpn import RPN, RPNHead, rpn_key_map_from_torchvision
+from lightning_seg.models.heads.rpn import RPN, rpn_key_map_from_torchvision
 from lightning_seg.models.necks.fpn import FPN, fpn_key_map_from_torchvision
+from lightning_seg.models.parts import PartFactory, build_part
 from lightning_seg.models.postprocess.masks import paste_masks_in_image
-from lightning_seg.structures import InstancePredictions, InstanceTargets
+from lightning_seg.models.preprocess import ImagePreprocessor, box_scale
+from lightning_seg.models.weights import load_checkpoint_file, torchvision_weights
+from lightning_seg.structures import Batch, InstancePredictions
 
 
 class MaskRCNN(nn.Module):
     """Two-stage instance segmentation: RPN proposals, box head, parallel mask head.
 
+    Every part is an argument, built from the shapes of what feeds it, so that a YAML names each
+    with ``class_path`` and swapping one (RefineMask's mask head for this one) is a YAML change::
+
+        backbone(images)            -> {"c2": ..., "c5": ...}      backbone.output_shape()
+        neck(backbone shapes)       -> FPN                         neck.output_shape()
+        rpn(neck shapes)            -> RPN
+        box_head(neck shapes)       -> BoxRoIHead                   num_classes from the dataset
+        mask_head(neck shapes)      -> MaskRoIHead or None          num_classes from the dataset
+
     Args:
-        backbone: exposes ``out_channels``/``strides``; ``forward(Tensor[B, 3, H, W]) ->
-            {level: Tensor}`` on normalised images.
-        neck: the FPN, ``forward(backbone features) -> {"p2": ..., "p6": ...}``.
+        backbone: module with ``output_shape()``; ``forward(Tensor[B, 3, H, W]) -> {level:
+            Tensor}`` on normalised images.
+        neck: the FPN (a callable of the backbone's shapes, or a module).
         rpn: ``forward(features, image_sizes) -> raw``, ``loss(raw, targets)``,
             ``predict(raw, image_sizes) -> list[Tensor[R_i, 4]]``.
         box_head: ``BoxRoIHead`` (or a head with the same API).
         mask_head: ``MaskRoIHead`` or a replacement (RefineMask); None for Faster R-CNN.
-        pixel_mean: per-channel mean of images in ``[0, 1]`` (ImageNet).
-        pixel_std: per-channel std (ImageNet).
-        size_divisibility: the normalised batch is zero-padded at the bottom/right to a
-            multiple of this (32 for a 5-level FPN).
+        preprocessor: normalisation and padding; None: ImageNet mean/std, size divisibility
+            32 (a 5-level FPN).
         mask_thresh: pasted mask probabilities ``>= mask_thresh`` are foreground (0.5).
+        drop_crowd: leave crowd instances out of training targets (no positives, no mask
+            targets), as Detectron's COCO models.
+        min_box_size: training boxes with a side below this (pixels) are dropped (counted in
+            ``target_filter.counts`` and logged).
 
-    Train: ``forward(images, image_sizes, targets)`` in ``train()`` mode returns
-    ``{"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}``.
+    Train (``train()`` mode): ``forward(batch)`` returns ``{"loss_rpn_cls", "loss_rpn_box",
+    "loss_cls", "loss_box", "loss_mask"}``, each already weighted; ``batch.instances`` are in
+    the pixel frame of ``batch.images`` (labels ``0..K-1``).
 
-    Eval: ``forward(images, image_sizes, orig_sizes=...)`` in ``eval()`` mode returns one
-    ``InstancePredictions`` per image: boxes scaled from ``image_sizes`` to ``orig_sizes``
-    (when given), masks pasted at that size and thresholded (bool ``Tensor[N, H, W]``).
+    Eval (``eval()`` mode): ``forward(batch)`` returns one ``InstancePredictions`` per image
+    in the frame of ``batch.meta[i].orig_size``: boxes scaled, masks pasted at that size and
+    thresholded (bool ``Tensor[N, H, W]``).
+
+    Class indices: the box classifier uses index 0 for background internally (``k + 1`` =
+    class ``k``), the mask head has ``K`` channels (no background).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        neck: nn.Module,
-        rpn: nn.Module,
-        box_head: nn.Module,
-        mask_head: nn.Module | None = None,
-        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
-        size_divisibility: int = 32,
+        neck: PartFactory,
+        rpn: PartFactory,
+        box_head: PartFactory,
+        mask_head: PartFactory | None = None,
+        preprocessor: ImagePreprocessor | None = None,
         mask_thresh: float = 0.5,
+        drop_crowd: bool = True,
+        min_box_size: float = 1e-2,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.neck = neck
-        self.rpn = rpn
-        self.box_head = box_head
-        self.mask_head = mask_head
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
-        self.size_divisibility = size_divisibility
+        self.neck = build_part(neck, backbone.output_shape())
+        shapes = self.neck.output_shape()
+        self.rpn = build_part(rpn, shapes)
+        self.box_head = build_part(box_head, shapes)
+        self.mask_head = None if mask_head is None else build_part(mask_head, shapes)
+        self.preprocessor = preprocessor or ImagePreprocessor(size_divisibility=32)
         self.mask_thresh = mask_thresh
+        self.target_filter = TargetFilter(drop_crowd=drop_crowd, min_size=min_box_size)
 
-    # ------------------------------------------------------------------ preprocessing
-    def preprocess(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """Normalise, zero the padding, crop to the largest image and pad to the divisibility.
+    @property
+    def num_classes(self) -> int:
+        return self.box_head.num_classes
 
-        Padding is zero *after* normalisation (as torchvision and detectron2), whatever the
-        collate padded with.
+    def features(self, batch: Batch) -> dict[str, Tensor]:
+        """Pyramid features of the normalised, padded batch."""
+        return self.neck(self.backbone(self.preprocessor(batch.images, batch.image_sizes)))
 
-        Args:
-            images: ``Tensor[B, 3, H, W]`` float in ``[0, 1]``.
-            image_sizes: ``(h, w)`` of each image before padding.
-
-        Returns:
-            ``Tensor[B, 3, H', W']`` with ``H' = ceil(max h / d) * d`` (same for W').
-        """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be Tensor[B, 3, H, W], got {tuple(images.shape)}")
-        if len(image_sizes) != images.shape[0]:
-            raise ValueError(f"{len(image_sizes)} image_sizes for a batch of {images.shape[0]}")
-        max_h = max(int(h) for h, _ in image_sizes)
-        max_w = max(int(w) for _, w in image_sizes)
-        if max_h > images.shape[2] or max_w > images.shape[3]:
-            raise ValueError(
-                f"image_sizes up to ({max_h}, {max_w}) exceed the batch {tuple(images.shape[2:])}"
-            )
-        x = (images[:, :, :max_h, :max_w] - self.pixel_mean) / self.pixel_std
-        for i, (h, w) in enumerate(image_sizes):
-            x[i, :, int(h) :, :] = 0
-            x[i, :, :, int(w) :] = 0
-        d = self.size_divisibility
-        pad_h = int(math.ceil(max_h / d) * d) - max_h
-        pad_w = int(math.ceil(max_w / d) * d) - max_w
-        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-
-    @staticmethod
-    def _check_targets(targets: Sequence[InstanceTargets], num_images: int) -> None:
-        if len(targets) != num_images:
-            raise ValueError(f"{len(targets)} targets for a batch of {num_images} images")
-        boxes = torch.cat([t.boxes for t in targets], dim=0)
-        bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-        if bool(bad.any()):
-            sizes = [len(t) for t in targets]
-            first = int(torch.nonzero(bad)[0])
-            image = next(i for i in range(len(sizes)) if first < sum(sizes[: i + 1]))
-            raise ValueError(
-                f"image {image} of the batch has a box with non-positive width or height "
-                f"{boxes[first].tolist()}; drop degenerate boxes in the dataset reader"
-            )
-
-    # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        images: Tensor,
-        image_sizes: Sequence[tuple[int, int]],
-        targets: Sequence[InstanceTargets] | None = None,
-        orig_sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor] | list[InstancePredictions]:
-        """Losses in training mode, predictions in eval mode (see the class docstring).
-
-        Args:
-            images: ``Tensor[B, 3, H, W]`` float in ``[0, 1]``, zero-padded bottom/right.
-            image_sizes: ``(h, w)`` of each image before padding.
-            targets: per image ``InstanceTargets`` in the pixel frame of ``images``
-                (training only; labels ``0..K-1``; masks needed with a mask head).
-            orig_sizes: ``(H, W)`` to map each image's predictions to (eval only); default
-                ``image_sizes``.
-        """
-        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
-        x = self.preprocess(images, image_sizes)
-        features = self.neck(self.backbone(x))
+    def forward(self, batch: Batch) -> dict[str, Tensor] | list[InstancePredictions]:
+        """Losses in training mode, predictions in eval mode (see the class docstring)."""
+        image_sizes = [(int(h), int(w)) for h, w in batch.image_sizes]
+        features = self.features(batch)
         rpn_raw = self.rpn(features, image_sizes)
         proposals = self.rpn.predict(rpn_raw, image_sizes)
 
         if self.training:
-            if targets is None:
-                raise ValueError("MaskRCNN in training mode needs targets (or call .eval())")
-            self._check_targets(targets, images.shape[0])
-            targets = [t.select(~t.iscrowd) for t in targets]
+            if batch.instances is None:
+                raise ValueError(
+                    "MaskRCNN in training mode needs batch.instances (a DataModule with "
+                    "task='instance'), or call .eval() to predict"
+                )
+            targets = self.target_filter(batch.instances)
             losses = dict(self.rpn.loss(rpn_raw, targets))
             box_raw = self.box_head(features, proposals, image_sizes, targets)
             losses.update(self.box_head.loss(box_raw))
@@ -177,7 +140,7 @@ class MaskRCNN(nn.Module):
                 features, [d.boxes for d in detections], [d.labels for d in detections]
             )
             mask_probs = self.mask_head.predict(mask_raw)
-        return self.postprocess(detections, mask_probs, orig_sizes or image_sizes)
+        return self.postprocess(detections, mask_probs, batch.orig_sizes)
 
     def postprocess(
         self,
@@ -194,36 +157,41 @@ class MaskRCNN(nn.Module):
         """
         results = []
         for i, (det, size) in enumerate(zip(detections, out_sizes)):
-            h_out, w_out = int(size[0]), int(size[1])
-            h_in, w_in = det.image_size
-            scale = torch.tensor(
-                [w_out / w_in, h_out / h_in, w_out / w_in, h_out / h_in],
-                dtype=det.boxes.dtype,
-                device=det.boxes.device,
-            )
-            boxes = det.boxes * scale  # [N, 4]
+            size = (int(size[0]), int(size[1]))
+            boxes = det.boxes * box_scale(det.image_size, size, det.boxes)  # [N, 4]
             masks = None
             if mask_probs is not None:
-                soft = paste_masks_in_image(mask_probs[i].float(), boxes, (h_out, w_out))
+                soft = paste_masks_in_image(mask_probs[i].float(), boxes, size)
                 masks = soft >= self.mask_thresh  # [N, H, W] bool
             results.append(
                 InstancePredictions(
-                    boxes=boxes,
-                    scores=det.scores,
-                    labels=det.labels,
-                    image_size=(h_out, w_out),
-                    masks=masks,
+                    boxes=boxes, scores=det.scores, labels=det.labels, image_size=size, masks=masks
                 )
             )
         return results
 
 
-class MaskRCNNResNetFPN(MaskRCNN):
-    """Mask R-CNN with a ResNet-FPN backbone and the paper's defaults, built from arguments.
+# ---------------------------------------------------------------------- builders
+def mask_rcnn_resnet_fpn(
+    num_classes: int,
+    depth: int = 50,
+    weights_backbone: str | None = None,
+    trainable_backbone_layers: int = 3,
+    frozen_bn: bool | None = None,
+    aligned: bool = True,
+    fpn_channels: int = 256,
+    anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    with_mask: bool = True,
+    rpn: PartFactory | None = None,
+    box_head: PartFactory | None = None,
+    mask_head: PartFactory | None = None,
+    **options,
+) -> MaskRCNN:
+    """Mask R-CNN with a ResNet-FPN backbone and the paper's defaults.
 
-    A class rather than a builder function so that an experiment YAML can name it in
-    ``class_path`` (LightningCLI instantiates classes) and ``num_classes`` is linked from the
-    DataModule. The parts, attribute names and state-dict keys are those of ``MaskRCNN``.
+    The same network as ``experiments/models/mask_rcnn_r50_fpn.yaml`` (test
+    ``test_maskrcnn_yaml_equals_builder``).
 
     Args:
         num_classes: ``K`` object classes (no background).
@@ -240,76 +208,36 @@ class MaskRCNNResNetFPN(MaskRCNN):
         fpn_channels: width of the pyramid (256).
         anchor_sizes: one anchor size per level P2..P6.
         aspect_ratios: anchor ``h / w`` ratios on every level.
-        rpn_kwargs: extra ``RPN`` arguments (top-k, thresholds, ...).
-        box_head_kwargs: extra ``BoxRoIHead`` arguments.
-        mask_head_kwargs: extra ``MaskRoIHead`` arguments.
         with_mask: False builds Faster R-CNN (no mask head).
-        pixel_mean, pixel_std, size_divisibility, mask_thresh: see ``MaskRCNN``.
+        rpn, box_head, mask_head: replace a part (a callable of the neck's shapes, e.g.
+            ``functools.partial(RPN, post_nms_top_n_test=500)``); ``num_classes`` is passed to
+            the heads here.
+        **options: ``MaskRCNN`` arguments (``preprocessor``, ``mask_thresh``, ...).
     """
-
-    def __init__(
-        self,
-        num_classes: int,
-        depth: int = 50,
-        weights_backbone: str | None = None,
-        trainable_backbone_layers: int = 3,
-        frozen_bn: bool | None = None,
-        aligned: bool = True,
-        fpn_channels: int = 256,
-        anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
-        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        rpn_kwargs: dict | None = None,
-        box_head_kwargs: dict | None = None,
-        mask_head_kwargs: dict | None = None,
-        with_mask: bool = True,
-        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
-        size_divisibility: int = 32,
-        mask_thresh: float = 0.5,
-    ) -> None:
-        pretrained = weights_backbone is not None
-        if not 0 <= trainable_backbone_layers <= 5:
-            raise ValueError(
-                f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}"
-            )
-        backbone = ResNetBackbone(
-            depth=depth,
-            weights=weights_backbone,
-            frozen_bn=pretrained if frozen_bn is None else frozen_bn,
-            freeze_at=5 - trainable_backbone_layers if pretrained else 0,
-        )
-        neck = FPN(backbone.out_channels, backbone.strides, fpn_channels)
-        levels = list(neck.strides)
-        anchors = AnchorGenerator(
-            sizes=[(s,) for s in anchor_sizes],
-            aspect_ratios=[tuple(aspect_ratios)] * len(anchor_sizes),
-            strides=[neck.strides[lvl] for lvl in levels],
-        )
-        rpn = RPN(
-            RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-            anchors,
-            in_features=levels,
-            **dict(rpn_kwargs or {}),
-        )
-        roi_levels = [lvl for lvl in levels if neck.strides[lvl] <= 32]  # P2..P5
-        box_head = BoxRoIHead(
-            fpn_channels, num_classes, neck.strides, in_features=roi_levels, aligned=aligned,
-            **dict(box_head_kwargs or {}),
-        )
-        mask_head = None
-        if with_mask:
-            mask_kwargs = {"aligned": aligned, "target_aligned": aligned}
-            mask_kwargs.update(mask_head_kwargs or {})
-            mask_head = MaskRoIHead(
-                fpn_channels, num_classes, neck.strides, in_features=roi_levels, **mask_kwargs
-            )
-        super().__init__(
-            backbone, neck, rpn, box_head, mask_head, pixel_mean=pixel_mean, pixel_std=pixel_std,
-            size_divisibility=size_divisibility, mask_thresh=mask_thresh,
-        )
+    pretrained = weights_backbone is not None
+    if not 0 <= trainable_backbone_layers <= 5:
+        raise ValueError(f"trainable_backbone_layers must be in 0..5, got {trainable_backbone_layers}")
+    backbone = ResNetBackbone(
+        depth=depth,
+        weights=weights_backbone,
+        frozen_bn=pretrained if frozen_bn is None else frozen_bn,
+        freeze_at=5 - trainable_backbone_layers if pretrained else 0,
+    )
+    levels = ("p2", "p3", "p4", "p5")
+    return MaskRCNN(
+        backbone,
+        neck=partial(FPN, out_channels=fpn_channels),
+        rpn=rpn or partial(RPN, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios),
+        box_head=box_head or partial(BoxRoIHead, num_classes=num_classes, in_features=levels,
+                                     aligned=aligned),
+        mask_head=None if not with_mask else mask_head or partial(
+            MaskRoIHead, num_classes=num_classes, in_features=levels, aligned=aligned,
+            target_aligned=aligned,
+        ),
+        **options,
+    )
 
 
-# ---------------------------------------------------------------------- builders
 def mask_rcnn_r50_fpn(
     num_classes: int,
     weights_backbone: str | None = None,
@@ -318,9 +246,9 @@ def mask_rcnn_r50_fpn(
 ) -> MaskRCNN:
     """Mask R-CNN R50-FPN with the paper's settings (``aligned=True`` RoIAlign).
 
-    See ``MaskRCNNResNetFPN`` for the arguments.
+    See ``mask_rcnn_resnet_fpn`` for the arguments.
     """
-    return MaskRCNNResNetFPN(
+    return mask_rcnn_resnet_fpn(
         num_classes,
         depth=50,
         weights_backbone=weights_backbone,
@@ -442,13 +370,9 @@ def load_torchvision_maskrcnn(
     if isinstance(state_dict, (str, Path)):
         path = Path(state_dict)
         if path.suffix in (".pth", ".pt", ".ckpt") or path.exists():
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            state_dict = load_checkpoint_file(path, "Mask R-CNN weights")
         else:
-            from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
-
-            state_dict = MaskRCNN_ResNet50_FPN_Weights[str(state_dict)].get_state_dict(
-                progress=False
-            )
+            state_dict = torchvision_weights("maskrcnn_resnet50_fpn", str(state_dict))
     mapped = map_torchvision_maskrcnn_state_dict(state_dict, keep_classes)
     result = model.load_state_dict(mapped, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]

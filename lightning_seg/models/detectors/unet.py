@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.layers.conv import ConvNormAct, NormLayer
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lightning_seg.models.detectors.semantic import SemanticSegmentor
+from lightning_seg.models.preprocess import ImagePreprocessor
 
 
 def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
@@ -57,11 +56,14 @@ def _center_crop(x: Tensor, size: Sequence[int]) -> Tensor:
     return x[:, :, top : top + size[0], left : left + size[1]]
 
 
-class UNet(nn.Module):
+class UNet(SemanticSegmentor):
     """U-Net with valid (paper) or same (padded) 3x3 convolutions.
 
+    The paper's border-weighted loss is the criterion ``BorderWeightedCrossEntropy`` (a YAML
+    switch: ``criterion: {class_path: lightning_seg.models.losses.BorderWeightedCrossEntropy}``).
+
     Args:
-        num_classes: K output channels.
+        num_classes: K output channels (filled from the dataset).
         in_channels: image channels (3).
         base_channels: channels of the first level (64); doubled at each of the ``depth``
             poolings (1024 at the bottom for depth 4).
@@ -73,18 +75,19 @@ class UNet(nn.Module):
             dropout there without giving a rate; 0 disables it).
         tile_size: ``(h, w)`` network input tile for overlap-tile inference, or None to process
             the whole (padded) image at once. For "valid" it is rounded down to a valid size.
-        pixel_mean: RGB mean for normalisation of ``[0, 1]`` images.
-        pixel_std: RGB std.
+        ignore_index: label of void pixels (filled from the dataset); for the default criterion.
+        criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
+        preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
 
-    Inputs / outputs (train and eval alike):
-        ``forward(Tensor[B, 3, H, W] in [0, 1]) -> Tensor[B, K, H, W]`` logits, both variants.
-        ``forward_tile`` runs the bare network: ``Tensor[B, 3, h, w]`` (normalised) ->
+    Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``;
+    ``model.logits(images)`` gives ``Tensor[B, K, H, W]`` logits, both variants).
+    ``forward_tile`` runs the bare network: ``Tensor[B, 3, h, w]`` (normalised) ->
         ``Tensor[B, K, *output_size((h, w))]``.
     """
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None = None,
         in_channels: int = 3,
         base_channels: int = 64,
         depth: int = 4,
@@ -92,15 +95,16 @@ class UNet(nn.Module):
         norm_layer: NormLayer | None = nn.BatchNorm2d,
         bottom_dropout: float = 0.0,
         tile_size: Sequence[int] | None = None,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int | None = None,
+        criterion: nn.Module | None = None,
+        preprocessor: ImagePreprocessor | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        num_classes = self.num_classes
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self.num_classes = num_classes
         self.depth = depth
         self.padding = padding
         pad = 1 if padding == "same" else 0
@@ -140,8 +144,6 @@ class UNet(nn.Module):
             else:
                 tile_size = tuple(max(t // 2**depth, 1) * 2**depth for t in tile_size)
         self.tile_size: tuple[int, int] | None = tile_size  # type: ignore[assignment]
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ sizes
 
@@ -230,16 +232,10 @@ class UNet(nn.Module):
             x = convs(torch.cat([_center_crop(skip, x.shape[-2:]), x], dim=1))
         return self.classifier(x)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Args:
-            images: ``Tensor[B, 3, H, W]`` float in ``[0, 1]``, any H, W.
-
-        Returns:
-            ``Tensor[B, K, H, W]`` logits (mirror extrapolation at the borders, tiled when
-            the padded image is larger than ``tile_size``).
-        """
-        h, w = images.shape[-2:]
-        x = (images - self.pixel_mean) / self.pixel_std
+    def network_logits(self, x: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` normalised images (any H, W) -> ``Tensor[B, K, H, W]`` logits
+        (mirror extrapolation at the borders, tiled when larger than ``tile_size``)."""
+        h, w = x.shape[-2:]
         if self.tile_size is None:
             in_h, in_w = self.input_size_for((h, w))
             out_h, out_w = self.output_size((in_h, in_w))

@@ -1,1 +1,8 @@
+"""Heads: ``forward(features, ...) -> raw``, ``loss(raw, targets) -> dict``, ``predict(raw, ...)``."""
 
+from lightning_seg.models.heads.anchors import AnchorGenerator
+from lightning_seg.models.heads.box_head import BoxRoIHead
+from lightning_seg.models.heads.mask_head import MaskRoIHead
+from lightning_seg.models.heads.rpn import RPN, RPNHead
+
+__all__ = ["RPN", "AnchorGenerator", "BoxRoIHead", "MaskRoIHead", "RPNHead"]

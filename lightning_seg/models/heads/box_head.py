@@ -10,8 +10,8 @@ Class indices: ``InstanceTargets.labels`` and ``InstancePredictions.labels`` are
 background** and ``k + 1`` for class ``k`` (``BoxHeadOutput.roi_labels`` uses that internal
 indexing); the box regressor has ``(K + 1) * 4`` outputs, laid out like torchvision's.
 
-Crowd regions (``InstanceTargets.iscrowd``) are excluded from matching: a RoI is never
-matched to (nor made positive by) a crowd box, and crowd boxes are not added as proposals.
+Targets are expected filtered (the detector's ``TargetFilter`` drops crowd regions and
+degenerate boxes once): every ground-truth instance is matched and added as a proposal.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from lightning_seg.ops.boxes import (
     clip_boxes_to_image,
     remove_small_boxes,
 )
-from lightning_seg.ops.roi_align import MultiLevelRoIAlign
-from lightning_seg.structures import InstancePredictions, InstanceTargets
+from lightning_seg.ops.roi_align import MultiLevelRoIAlign, pooled_channels
+from lightning_seg.structures import FeatureShapes, InstancePredictions, InstanceTargets
+from lightning_seg.structures.dataset_info import require_fact
 
 
 @dataclass
@@ -82,10 +83,13 @@ class BoxHeadOutput:
 class BoxRoIHead(nn.Module):
     """Second stage of Faster / Mask R-CNN: classify and refine proposals.
 
+    A network receives the head as a callable of its neck's shapes (YAML: ``class_path:
+    BoxRoIHead`` with the arguments below except ``input_shape``; ``num_classes`` is filled
+    from the dataset).
+
     Args:
-        in_channels: channels of the pooled pyramid levels (the FPN's 256).
+        input_shape: ``{level: ShapeSpec}`` of the neck (its ``output_shape()``).
         num_classes: ``K`` object classes (the head adds one background class).
-        strides: stride of every pyramid level by name (the neck's ``strides``).
         in_features: levels to pool from, finest first (P2..P5).
         pooler_size: RoIAlign output side (7).
         sampling_ratio: RoIAlign bilinear samples per bin side (2).
@@ -106,9 +110,8 @@ class BoxRoIHead(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        num_classes: int,
-        strides: Mapping[str, int],
+        input_shape: FeatureShapes,
+        num_classes: int | None = None,
         in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
         pooler_size: int = 7,
         sampling_ratio: int = 2,
@@ -127,8 +130,13 @@ class BoxRoIHead(nn.Module):
         min_box_size: float = 1e-2,
     ) -> None:
         super().__init__()
+        num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
+        in_channels = pooled_channels(input_shape, in_features)
         self.num_classes = num_classes
-        self.pooler = MultiLevelRoIAlign(in_features, strides, pooler_size, sampling_ratio, aligned)
+        self.pooler = MultiLevelRoIAlign(
+            in_features, {f: s.stride for f, s in input_shape.items()}, pooler_size,
+            sampling_ratio, aligned,
+        )
         self.fc6 = nn.Linear(in_channels * pooler_size * pooler_size, fc_dim)
         self.fc7 = nn.Linear(fc_dim, fc_dim)
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)
@@ -163,40 +171,36 @@ class BoxRoIHead(nn.Module):
             class ``k``), ``matched_idxs [R_i]`` (into the image's targets) and
             ``box_targets [R_i, 4]``.
         """
-        all_rois, all_labels, all_matched, all_gt_index = [], [], [], []
+        all_rois, all_labels, all_matched = [], [], []
         for props, target in zip(proposals, targets):
-            gt_index = torch.nonzero(~target.iscrowd).squeeze(1)  # [G] non-crowd instances
-            gt_boxes = target.boxes[gt_index].to(props.dtype)  # [G, 4]
+            gt_boxes = target.boxes.to(props.dtype)  # [G, 4]
             if self.add_gt_as_proposals:
                 props = torch.cat([props, gt_boxes], dim=0)  # [P + G, 4]
-            if gt_index.numel() == 0:
+            if len(target) == 0:
                 matched = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
                 labels = torch.zeros_like(matched)
             else:
                 match = self.matcher(box_iou(gt_boxes, props))  # [P + G] in [0, G) or -1 / -2
                 matched = match.clamp(min=0)
-                labels = target.labels[gt_index][matched].to(torch.int64) + 1
+                labels = target.labels[matched].to(torch.int64) + 1
                 labels[match == MaxIoUMatcher.BELOW_LOW_THRESHOLD] = 0
                 labels[match == MaxIoUMatcher.BETWEEN_THRESHOLDS] = -1  # ignored by the sampler
             all_rois.append(props)
             all_labels.append(labels)
             all_matched.append(matched)
-            all_gt_index.append(gt_index)
 
         pos_masks, neg_masks = self.sampler(all_labels)
         rois, roi_labels, matched_idxs, box_targets = [], [], [], []
         for i, target in enumerate(targets):
             keep = torch.nonzero(pos_masks[i] | neg_masks[i]).squeeze(1)  # [R_i] sorted
             sampled_rois = all_rois[i][keep]
-            matched = all_matched[i][keep]  # into the non-crowd ground truth
-            gt_index = all_gt_index[i]
-            if gt_index.numel() == 0:
+            matched = all_matched[i][keep]  # [R_i] into the image's targets
+            if len(target) == 0:
                 box_targets.append(torch.zeros_like(sampled_rois))
-                matched_idxs.append(matched)
             else:
-                gt_boxes = target.boxes[gt_index].to(sampled_rois.dtype)
+                gt_boxes = target.boxes.to(sampled_rois.dtype)
                 box_targets.append(self.box_coder.encode(gt_boxes[matched], sampled_rois))
-                matched_idxs.append(gt_index[matched])
+            matched_idxs.append(matched)
             rois.append(sampled_rois)
             roi_labels.append(all_labels[i][keep])
         return rois, roi_labels, matched_idxs, box_targets

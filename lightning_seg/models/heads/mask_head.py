@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from lightning_seg.ops.roi_align import MultiLevelRoIAlign
-from lightning_seg.structures import InstanceTargets
+from lightning_seg.ops.roi_align import MultiLevelRoIAlign, pooled_channels
+from lightning_seg.structures import FeatureShapes, InstanceTargets
+from lightning_seg.structures.dataset_info import require_fact
 
 
 @dataclass
@@ -72,10 +73,13 @@ def crop_and_resize_masks(
 class MaskRoIHead(nn.Module):
     """Mask branch of Mask R-CNN (per-class 28x28 masks from 14x14 RoI features).
 
+    A network receives the head as a callable of its neck's shapes (YAML: ``class_path:
+    MaskRoIHead`` with the arguments below except ``input_shape``; ``num_classes`` is filled
+    from the dataset).
+
     Args:
-        in_channels: channels of the pooled pyramid levels (the FPN's 256).
+        input_shape: ``{level: ShapeSpec}`` of the neck (its ``output_shape()``).
         num_classes: ``K``, number of object classes (no background channel).
-        strides: stride of every pyramid level by name (the neck's ``strides``).
         in_features: levels to pool from, finest first (P2..P5; P6 is not pooled).
         pooler_size: RoIAlign output side (14).
         sampling_ratio: RoIAlign bilinear samples per bin side (2).
@@ -87,9 +91,8 @@ class MaskRoIHead(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        num_classes: int,
-        strides: Mapping[str, int],
+        input_shape: FeatureShapes,
+        num_classes: int | None = None,
         in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
         pooler_size: int = 14,
         sampling_ratio: int = 2,
@@ -98,13 +101,15 @@ class MaskRoIHead(nn.Module):
         target_aligned: bool = True,
     ) -> None:
         super().__init__()
+        num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
         self.num_classes = num_classes
         self.target_aligned = target_aligned
         self.pooler = MultiLevelRoIAlign(
-            in_features, strides, pooler_size, sampling_ratio, aligned
+            in_features, {f: s.stride for f, s in input_shape.items()}, pooler_size,
+            sampling_ratio, aligned,
         )
         convs = []
-        channels = in_channels
+        channels = pooled_channels(input_shape, in_features)
         for dim in conv_dims:
             convs += [nn.Conv2d(channels, dim, 3, padding=1), nn.ReLU(inplace=True)]
             channels = dim

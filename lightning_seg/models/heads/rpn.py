@@ -7,10 +7,9 @@ Configured alike, ``RPN`` gives the same proposals and losses as torchvision's
   which loses whole pixels under bf16 autocast);
 * only the pre-NMS top-k anchors of each level are decoded, and regression targets are encoded
   for the sampled positives only (torchvision encodes every anchor);
-* crowd ground truth (``InstanceTargets.iscrowd``) and degenerate boxes (zero width or height)
-  are left out of matching, so crowd regions give no positives and an image with only crowd
-  boxes is a background image (torchvision has no crowd notion; COCO-trained Detectron models
-  drop crowd boxes the same way);
+* targets are expected filtered (the detector's ``TargetFilter`` drops crowd regions and
+  degenerate boxes once, counted), so an image with only crowd boxes is a background image
+  (torchvision has no crowd notion; COCO-trained Detectron models drop crowd boxes the same way);
 * an image without ground truth is a background image: all anchors negative, box loss exactly 0.
 
 State-dict layout of ``RPNHead`` (see ``rpn_key_map_from_torchvision``)::
@@ -39,6 +38,7 @@ from lightning_seg.ops.boxes import (
     clip_boxes_to_image,
     remove_small_boxes,
 )
+from lightning_seg.structures.specs import FeatureShapes
 from lightning_seg.structures.targets import InstanceTargets
 
 
@@ -147,9 +147,15 @@ class RPN(nn.Module):
     ``nms_thresh`` run per level, and the ``post_nms_top_n`` best kept per image. The train or
     test top-k settings apply according to ``self.training``.
 
+    A network receives the RPN as a callable of its neck's shapes (YAML: ``class_path: RPN``
+    with the arguments below except ``input_shape``): the head width and the anchor strides are
+    read from the shapes.
+
     Args:
-        head: predicts objectness and deltas per level (e.g. ``RPNHead``).
-        anchor_generator: anchors per level; one level per entry of ``in_features``.
+        input_shape: ``{level: ShapeSpec}`` of the neck (its ``output_shape()``).
+        in_features: feature levels used, finest first (the neck's level names).
+        anchor_sizes: per level, one anchor size (Mask R-CNN FPN: 32..512) or a list of sizes.
+        aspect_ratios: anchor ``h / w`` ratios, the same on every level.
         fg_iou_thresh: IoU at or above which an anchor is positive.
         bg_iou_thresh: IoU below which an anchor is negative.
         batch_size_per_image: anchors sampled per image for the losses.
@@ -164,13 +170,14 @@ class RPN(nn.Module):
         box_loss_beta: smooth-L1 beta of the box loss (torchvision 1/9; 0 gives L1 as Detectron2).
         loss_cls_weight: multiplier of ``loss_rpn_cls``.
         loss_box_weight: multiplier of ``loss_rpn_box``.
-        in_features: feature levels used, finest first (the neck's level names).
     """
 
     def __init__(
         self,
-        head: nn.Module,
-        anchor_generator: AnchorGenerator,
+        input_shape: FeatureShapes,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6"),
+        anchor_sizes: Sequence[float | Sequence[float]] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         fg_iou_thresh: float = 0.7,
         bg_iou_thresh: float = 0.3,
         batch_size_per_image: int = 256,
@@ -185,25 +192,35 @@ class RPN(nn.Module):
         box_loss_beta: float = 1.0 / 9.0,
         loss_cls_weight: float = 1.0,
         loss_box_weight: float = 1.0,
-        in_features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6"),
     ) -> None:
         super().__init__()
-        if anchor_generator.num_levels != len(in_features):
+        in_features = tuple(in_features)
+        missing = [f for f in in_features if f not in input_shape]
+        if missing:
             raise ValueError(
-                f"the anchor generator has {anchor_generator.num_levels} levels but in_features "
-                f"{tuple(in_features)} has {len(in_features)}; give one anchor size entry per level"
+                f"RPN in_features {missing} are not among the neck's levels {list(input_shape)}"
             )
-        head_anchors = getattr(head, "num_anchors", None)
-        gen_anchors = anchor_generator.num_anchors_per_location()
-        if head_anchors is not None and any(a != head_anchors for a in gen_anchors):
+        if len(anchor_sizes) != len(in_features):
             raise ValueError(
-                f"head predicts {head_anchors} anchors per location, the anchor generator makes "
-                f"{gen_anchors}; build the head with "
-                f"num_anchors=len(sizes[l]) * len(aspect_ratios[l])"
+                f"anchor_sizes has {len(anchor_sizes)} entries but in_features {in_features} has "
+                f"{len(in_features)}; give one anchor size (or list of sizes) per level"
             )
+        widths = {input_shape[f].channels for f in in_features}
+        if len(widths) != 1:
+            raise ValueError(f"the RPN head is shared across levels: they need equal channels, got {widths}")
+        sizes = [tuple(s) if isinstance(s, Sequence) else (s,) for s in anchor_sizes]
+        anchor_generator = AnchorGenerator(
+            sizes=sizes,
+            aspect_ratios=[tuple(aspect_ratios)] * len(in_features),
+            strides=[input_shape[f].stride for f in in_features],
+        )
+        counts = set(anchor_generator.num_anchors_per_location())
+        if len(counts) != 1:
+            raise ValueError(f"every level needs the same number of anchor sizes, got {anchor_sizes}")
+        head = RPNHead(widths.pop(), counts.pop())
         self.head = head
         self.anchor_generator = anchor_generator
-        self.in_features = tuple(in_features)
+        self.in_features = in_features
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = MaxIoUMatcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
@@ -249,8 +266,8 @@ class RPN(nn.Module):
 
         Args:
             raw: output of ``forward``.
-            targets: per image ground truth; boxes in the pixel frame of the padded image
-                (top-left aligned, so the frame of the unpadded image).
+            targets: per image ground truth, filtered (``TargetFilter``); boxes in the pixel
+                frame of the padded image (top-left aligned, so the frame of the unpadded image).
 
         Returns:
             ``{"loss_rpn_cls": Tensor[], "loss_rpn_box": Tensor[]}``, already weighted.
@@ -265,10 +282,6 @@ class RPN(nn.Module):
         labels, matched_boxes = [], []
         for target in targets:
             gt = target.boxes.to(anchors)
-            keep = (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
-            if target.iscrowd is not None:
-                keep &= ~target.iscrowd.to(keep.device)
-            gt = gt[keep]
             if gt.shape[0] == 0:
                 labels.append(torch.zeros(num_anchors, device=anchors.device))
                 matched_boxes.append(torch.zeros_like(anchors))

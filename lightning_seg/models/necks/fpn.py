@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_seg.structures.specs import FeatureShapes, FeatureShapesMixin
+
 
 def level_name(stride: int) -> str:
     """Name of the pyramid level of a stride: 4 -> ``"p2"``, 64 -> ``"p6"``."""
@@ -27,12 +29,15 @@ def level_name(stride: int) -> str:
     return f"p{int(level)}"
 
 
-class FPN(nn.Module):
+class FPN(FeatureShapesMixin, nn.Module):
     """Top-down pathway with lateral 1x1 and output 3x3 convs; optional P6 by subsampling P5.
 
+    A network receives the FPN as a callable of its backbone's shapes (YAML: ``class_path``
+    ``FPN`` with the arguments below except ``input_shape``), so channels and strides are never
+    typed twice.
+
     Args:
-        in_channels: channels of each backbone level (the backbone's ``out_channels``).
-        in_strides: stride of each backbone level (the backbone's ``strides``).
+        input_shape: ``{level: ShapeSpec}`` of the backbone (its ``output_shape()``).
         out_channels: channels of every pyramid level (256 in the paper).
         in_features: backbone levels used, finest first (consecutive factor-2 strides).
         extra_max_pool: add one coarser level by stride-2 subsampling of the coarsest output
@@ -45,20 +50,19 @@ class FPN(nn.Module):
 
     def __init__(
         self,
-        in_channels: Mapping[str, int],
-        in_strides: Mapping[str, int],
+        input_shape: FeatureShapes,
         out_channels: int = 256,
         in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
         extra_max_pool: bool = True,
     ) -> None:
         super().__init__()
-        missing = [f for f in in_features if f not in in_channels or f not in in_strides]
+        missing = [f for f in in_features if f not in input_shape]
         if missing:
             raise ValueError(
-                f"FPN in_features {missing} are not among the backbone levels {list(in_channels)}; "
+                f"FPN in_features {missing} are not among the backbone levels {list(input_shape)}; "
                 f"set in_features to levels the backbone returns (its out_features)"
             )
-        strides = [int(in_strides[f]) for f in in_features]
+        strides = [int(input_shape[f].stride) for f in in_features]
         if any(b != 2 * a for a, b in zip(strides, strides[1:])):
             raise ValueError(
                 f"FPN in_features must be finest first with strides doubling, got {strides}"
@@ -66,7 +70,7 @@ class FPN(nn.Module):
         self.in_features = tuple(in_features)
         self.extra_max_pool = extra_max_pool
         self.lateral_convs = nn.ModuleDict(
-            {f: nn.Conv2d(in_channels[f], out_channels, kernel_size=1) for f in self.in_features}
+            {f: nn.Conv2d(input_shape[f].channels, out_channels, kernel_size=1) for f in self.in_features}
         )
         self.output_convs = nn.ModuleDict(
             {
