@@ -44,10 +44,11 @@ LVIS_LAYOUT = describe_layout(
 
 def read_categories(ann_file: Path) -> list[dict]:
     """The ``categories`` of a COCO-style file, skipping over its (possibly huge) annotations."""
+    from lightning_seg.data.formats.coco import check_categories
     from lightning_seg.data.formats.jsonio import load_json_chunked
 
     top = load_json_chunked(ann_file, "annotations", lambda records: None)
-    return sorted(top.get("categories") or [], key=lambda c: c["id"])
+    return check_categories(Path(ann_file), top.get("categories") or [])
 
 
 def coco_placeholder_info(task: str) -> DatasetInfo:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_seg.data.formats.coco import coco_dataset_info
+from lightning_seg.data.formats.coco import check_categories, coco_dataset_info
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import load_json
 from lightning_seg.data.formats.masks import _offsets, masks_to_boxes
@@ -81,7 +81,7 @@ class CocoPanopticDataset(Dataset):
                     f"'images', 'annotations' (with 'segments_info') and 'categories'."
                 )
         self.skips = SkipReport(str(path))
-        categories = sorted(top["categories"], key=lambda c: c["id"])
+        categories = check_categories(path, top["categories"])
         self.info = coco_dataset_info(categories)
         cat_index = self.info.id_to_index
         images = {im["id"]: im for im in top["images"]}

@@ -34,7 +34,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_seg.data.formats import masks as M
-from lightning_seg.data.formats.coco import CLIP_EPS, coco_dataset_info, count_records
+from lightning_seg.data.formats.coco import (
+    CLIP_EPS,
+    check_categories,
+    coco_dataset_info,
+    count_records,
+)
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import load_json
 from lightning_seg.data.io import DataError, read_label_map
@@ -171,7 +176,7 @@ class YouTubeVISDataset(Dataset):
                     f"'videos', 'annotations' and 'categories'."
                 )
         self.skips = SkipReport(str(path))
-        categories = sorted(top["categories"], key=lambda c: c["id"])
+        categories = check_categories(path, top["categories"])
         self.info = coco_dataset_info(categories)
         cat_index = self.info.id_to_index
 
@@ -215,7 +220,6 @@ class YouTubeVISDataset(Dataset):
                     f"{path}: {record} has {len(segs)} segmentations / {len(bbs)} bboxes for a "
                     f"video of {n} frames; there must be one entry (or null) per frame."
                 )
-            h, w = (int(x) for x in sizes[r])
             for f in range(n):
                 seg, box = segs[f], bbs[f]
                 if seg is None and box is None:
@@ -249,8 +253,11 @@ class YouTubeVISDataset(Dataset):
 
         if with_masks:
             keep &= store.kind != M.NONE
+            for problem, where in store.rle_problems().items():
+                count_records(self.skips, problem, np.flatnonzero(where & keep), describe)
+                keep &= ~where
             is_rle = (store.kind == M.RLE) | (store.kind == M.RLE_UNCOMPRESSED)
-            bad = np.flatnonzero(is_rle & (store.rle_size != hw).any(axis=1))
+            bad = np.flatnonzero(is_rle & keep & (store.rle_size != hw).any(axis=1))
             if len(bad):
                 j = bad[0]
                 raise DataError(
