@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,66 @@ from PIL import Image, UnidentifiedImageError
 
 class DataError(ValueError):
     """Bad input data: the message names the file, the record and how to fix it."""
+
+
+def escapes_root(name: str) -> bool:
+    """Whether the relative path ``name`` leads outside the folder it is joined to.
+
+    The check is lexical (``os.path.normpath``): ``a/../../b`` escapes, ``a/./b`` and
+    ``a/../b`` do not. Symbolic links are followed as usual, since the dataset's owner placed
+    them, not the annotation file.
+    """
+    norm = os.path.normpath(name)
+    return norm == ".." or norm.startswith("../")
+
+
+def check_paths_under_root(
+    names: Sequence[str] | np.ndarray,
+    root: str | os.PathLike,
+    source: str | os.PathLike,
+    record: Callable[[int], str],
+    allow_absolute: bool = False,
+    option: str | None = "allow_absolute_paths",
+) -> None:
+    """Refuse file names from an annotation file that would open a file outside ``root``.
+
+    Readers join ``root / name`` for names read from an annotation or list file; a name such
+    as ``../../../etc/passwd`` or ``/etc/passwd`` would otherwise open any file the process can
+    read. Every reader that joins a folder with a name from a file calls this once, at index
+    time.
+
+    Args:
+        names: the file names, in record order.
+        root: the folder they are relative to.
+        source: the annotation / list file (named in the message).
+        record: ``record(i)`` describes the record of ``names[i]`` (e.g. ``"image id=7"``).
+        allow_absolute: trust the file: absolute names are used as they are and relative
+            names may lead outside ``root``.
+        option: how the caller's user turns ``allow_absolute`` on (named in the message);
+            None when the reader has no such option.
+
+    Raises:
+        DataError: naming the file, the record, the path and the fix.
+    """
+    if allow_absolute:
+        return
+    for i, name in enumerate(names):
+        name = str(name)
+        if not (name.startswith("/") or ".." in name):
+            continue  # fast path: nothing to normalise
+        if os.path.isabs(name):
+            problem = "is absolute"
+        elif escapes_root(name):
+            problem = "leads out of that folder through '..'"
+        else:
+            continue
+        raise DataError(
+            f"{source}: {record(i)} has the file name {name!r}, which {problem}. File names in "
+            f"this file are relative to {root}; other paths are refused so that an annotation "
+            f"file cannot make the reader open any file on the machine. Make the path relative "
+            f"to {root} (and move the file there)"
+            + (f", or set {option}=True if you trust the file." if option else ".")
+        )
 
 
 def _open(path: str | os.PathLike) -> Image.Image:

@@ -48,6 +48,8 @@ box missing                                index time: computed from the segment
 zero-area box (after clipping) or          index time: annotation skipped, counted
 ``area == 0``
 mask that decodes to no pixel              item time: instance dropped, counted
+image ``file_name`` absolute or leading    index time: ``DataError`` unless
+out of the image folder (``../``)          ``allow_absolute_paths`` (``io.check_paths_under_root``)
 image file missing / corrupt               item time: ``DataError`` (``io.read_image``)
 image size differs from the JSON           item time: ``DataError``
 grayscale / RGBA / 16-bit / palette image  item time: converted to RGB, counted as repaired
@@ -79,7 +81,7 @@ from torch.utils.data import Dataset
 from lightning_seg.data.formats import masks as M
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import DEFAULT_CHUNK_BYTES, load_json_chunked
-from lightning_seg.data.io import DataError
+from lightning_seg.data.io import DataError, check_paths_under_root
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
 from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
@@ -668,6 +670,10 @@ class CocoInstanceDataset(Dataset):
         drop_empty: leave out images without any kept annotation (training usually does).
         keypoint_sigmas: OKS sigmas; default COCO's 17 when the keypoint names are COCO's.
         chunk_bytes: JSON slice size while indexing (memory vs. speed; tests use tiny ones).
+        allow_absolute_paths: trust the file's image paths: absolute ``file_name`` values are
+            opened as they are and relative ones may lead out of ``image_dir`` (``..``).
+            Default: such a name is a ``DataError`` at index time
+            (``io.check_paths_under_root``).
 
     Attributes:
         info: classes (sorted by COCO id), keypoint names / flip map / skeleton / sigmas.
@@ -684,11 +690,16 @@ class CocoInstanceDataset(Dataset):
         drop_empty: bool = False,
         keypoint_sigmas: list[float] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        allow_absolute_paths: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.with_masks = with_masks
         self.with_keypoints = with_keypoints
         self.index = self._build_index(ann_file, chunk_bytes)
+        check_paths_under_root(
+            self.index.file_names, self.image_dir, self.index.source,
+            lambda r: f"image id={self.index.image_ids[r]}", allow_absolute_paths,
+        )
         self.skips = self.index.skips
         self.info = coco_dataset_info(self.index.categories, keypoint_sigmas)
         counts = np.diff(self.index.image_ann_offsets)

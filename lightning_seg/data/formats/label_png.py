@@ -13,6 +13,8 @@ Bad input, decided per case (``DataError`` names the file, the record and the fi
 case                                  handling
 ====================================  ===================================================
 list file missing / malformed line    construction: ``DataError`` (file and line number)
+list entry leading out of the root    construction: ``DataError`` (file and line number);
+(``../``)                             absolute list paths keep their last two parts
 image or label file missing           construction: ``DataError`` (pair and list line);
                                       the folders are small, so checking is cheap
 corrupt image or label PNG            item time: ``DataError`` (``io.read_image``)
@@ -35,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_seg.data.formats.common import image_tensor, load_rgb
-from lightning_seg.data.io import DataError, read_label_map
+from lightning_seg.data.io import DataError, check_paths_under_root, read_label_map
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, Sample, SampleMeta, default_palette
 
@@ -160,7 +162,13 @@ def _read_list(list_file: Path, root: Path, columns: int) -> list[list[Path]]:
                 f"{list_file}:{lineno}: expected {columns} path(s) per line, got {line!r}. "
                 f"Fix the line (format: 'image_path label_path')."
             )
-        rows.append([root / Path(*Path(p).parts[-2:]) for p in parts])
+        names = [str(Path(*Path(p).parts[-2:])) for p in parts]
+        check_paths_under_root(
+            names, root, list_file,
+            lambda i, n=lineno, p=parts: f"line {n} (path {p[i]!r}, read as its last two parts)",
+            option=None,
+        )
+        rows.append([root / name for name in names])
     return rows
 
 
@@ -213,6 +221,10 @@ def voc_dataset(root: str | os.PathLike, split: str) -> LabelPngDataset:
             f"JPEGImages/ and SegmentationClass/) and a split such as train or val."
         )
     ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    check_paths_under_root(
+        [f"{i}.jpg" for i in ids], root / "JPEGImages", list_file, lambda k: f"entry {k + 1}",
+        option=None,
+    )
     pairs = [
         (root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids
     ]

@@ -16,7 +16,8 @@ frame; its track id is the annotation id. Segmentations go to a ``SegmentStore``
 decoded per item.
 
 Bad input: JSON errors, unknown category ids, per-frame lists whose length differs from the
-video and RLE sizes that differ from the video are ``DataError`` at index time; a missing
+video, RLE sizes that differ from the video and frame paths that are absolute or lead out of the
+image folder (unless ``allow_absolute_paths``) are ``DataError`` at index time; a missing
 sequence folder or a mask of another size than its frame is a ``DataError``; boxes are
 clipped (repair) and zero-area ones skipped (counted) at index time; empty masks dropped at
 item time (counted); image conversions counted as repairs.
@@ -42,7 +43,7 @@ from lightning_seg.data.formats.coco import (
 )
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import load_json
-from lightning_seg.data.io import DataError, read_label_map
+from lightning_seg.data.io import DataError, check_paths_under_root, read_label_map
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
 
@@ -78,6 +79,10 @@ class DavisDataset(Dataset):
         if sequences is None:
             sequences = sorted(p.name for p in image_root.iterdir() if p.is_dir())
         self.sequence_names = list(sequences)
+        check_paths_under_root(
+            self.sequence_names, image_root, "the sequence list",
+            lambda i: f"sequence {i}", option=None,
+        )
         self.info = DatasetInfo(class_names=["object"])
         self.skips = SkipReport(str(image_root))
         self.frames: list[tuple[int, int, Path, Path]] = []  # (video, frame, image, mask)
@@ -155,6 +160,9 @@ class YouTubeVISDataset(Dataset):
         image_dir: folder the videos' ``file_names`` are relative to.
         ann_file: the JSON (``videos``, ``annotations``, ``categories``).
         with_masks: decode masks (otherwise boxes only).
+        allow_absolute_paths: trust the file's frame paths: absolute ``file_names`` are
+            opened as they are and relative ones may lead out of ``image_dir``. Default: such
+            a name is a ``DataError`` at index time.
 
     Attributes:
         info: categories sorted by id.
@@ -163,7 +171,11 @@ class YouTubeVISDataset(Dataset):
     """
 
     def __init__(
-        self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, with_masks: bool = True
+        self,
+        image_dir: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        with_masks: bool = True,
+        allow_absolute_paths: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.with_masks = with_masks
@@ -196,6 +208,14 @@ class YouTubeVISDataset(Dataset):
         self.video_ids = np.asarray(video_ids, dtype=np.int64)
         self.video_sizes = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
         self.video_offsets = M._offsets(lengths)
+
+        def frame_record(i: int) -> str:
+            video = int(np.searchsorted(self.video_offsets, i, side="right") - 1)
+            return f"frame {i - self.video_offsets[video]} of video id={video_ids[video]}"
+
+        check_paths_under_root(
+            self.file_names, self.image_dir, path, frame_record, allow_absolute_paths
+        )
         video_row = {vid: r for r, vid in enumerate(video_ids)}
 
         # one row per (annotation, frame) where the object is present
