@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's default: a quarter GiB of RGB pixels (~9459 x 9459)
 
 
 class DataError(ValueError):
@@ -74,6 +78,45 @@ def check_paths_under_root(
         )
 
 
+def set_max_image_pixels(limit: int | None) -> None:
+    """Largest image, in pixels, that the readers decode; None removes the limit.
+
+    This is PIL's decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, process-wide): a
+    small file can declare a huge size and take all memory when decoded. Readers refuse an
+    image above the limit with a ``DataError`` (PIL itself only warns up to twice the limit).
+    DataModules set it from their ``max_image_pixels`` option in every worker process.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"max_image_pixels must be a positive number of pixels or None, got {limit}")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def max_image_pixels() -> int | None:
+    """The current limit of ``set_max_image_pixels`` (None: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path}: {exc} The image is larger than the max_image_pixels limit "
+        f"({max_image_pixels():,} pixels, PIL's decompression-bomb guard). If the image is "
+        f"genuine, raise the limit: the DataModule option max_image_pixels (e.g. "
+        f"--data.init_args.max_image_pixels 400000000, or null for no limit) or "
+        f"lightning_seg.data.io.set_max_image_pixels(n) in Python; otherwise remove the file."
+    )
+
+
+@contextmanager
+def _size_guard(path: Path) -> Iterator[None]:
+    """PIL's decompression-bomb warning and error as a ``DataError`` naming the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_large(path, exc) from None
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
@@ -82,14 +125,40 @@ def _open(path: str | os.PathLike) -> Image.Image:
             f"annotation (paths are resolved relative to the image folder)."
         )
     try:
-        img = Image.open(path)
-        img.load()
+        with _size_guard(path):
+            img = Image.open(path)
+            img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(
             f"{path}: cannot decode image ({exc}). The file is corrupt or not an image; "
             f"re-download it or remove it from the annotation file."
         ) from exc
     return img
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Why the image file ``path`` cannot be read, or None when it can (cheaper than reading).
+
+    PNG: ``verify()`` (every chunk and its checksum, no decoding); JPEG: decoded at 1/8 scale
+    (``draft``: every block is still entropy-decoded, so a truncated or damaged stream is
+    found); other formats: decoded. Images above ``max_image_pixels`` are refused too.
+    """
+    path = Path(path)
+    try:
+        with _size_guard(path), Image.open(path) as img:
+            if img.format == "PNG":
+                img.verify()
+            else:
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+    except DataError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except FileNotFoundError:
+        return "file not found"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"cannot decode image ({exc})"
+    return None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -135,7 +204,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of an image file without decoding its pixels."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _size_guard(path), Image.open(path) as img:
             w, h = img.size
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found.") from exc

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_seg.data.formats.common import image_tensor, load_rgb
+from lightning_seg.data.formats.image_folder import list_images
 from lightning_seg.data.io import DataError, check_paths_under_root, read_label_map
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, Sample, SampleMeta, default_palette
@@ -180,7 +181,9 @@ def camvid_dataset(root: str | os.PathLike, split: str) -> LabelPngDataset:
     """CamVid in the SegNet layout: ``<root>/<split>/*.png``, ``<root>/<split>annot/*.png``.
 
     Pairs come from ``<root>/<split>.txt`` when present (lines may carry a
-    ``/SegNet/CamVid/`` prefix, stripped), else from the two folders matched by file name.
+    ``/SegNet/CamVid/`` prefix, stripped), else from the two folders: every image of
+    ``<split>/`` (any type PIL reads, ``image_folder.IMAGE_SUFFIXES``) with the label PNG of
+    the same stem.
     Label 11 (Unlabelled) becomes 255 (void); 11 classes.
     """
     root = Path(root)
@@ -195,7 +198,8 @@ def camvid_dataset(root: str | os.PathLike, split: str) -> LabelPngDataset:
                 f"{root}: neither {list_file.name} nor the folder {split}/ exists. Use a split "
                 f"present in the dataset (train, val, test) or pass the CamVid root."
             )
-        pairs = [(p, label_dir / p.name) for p in sorted(image_dir.glob("*.png"))]
+        images, _ = list_images(image_dir)
+        pairs = [(p, label_dir / f"{p.stem}.png") for p in images]
         source = str(image_dir)
     lut = make_label_lut(256, {**{k: k for k in range(CAMVID_VOID)}, CAMVID_VOID: 255, 255: 255})
     return LabelPngDataset(pairs, camvid_info(), label_lut=lut, source=source)

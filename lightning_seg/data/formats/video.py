@@ -42,12 +42,11 @@ from lightning_seg.data.formats.coco import (
     count_records,
 )
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
+from lightning_seg.data.formats.image_folder import list_images
 from lightning_seg.data.formats.jsonio import load_json
 from lightning_seg.data.io import DataError, check_paths_under_root, read_label_map
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class DavisDataset(Dataset):
@@ -94,7 +93,7 @@ class DavisDataset(Dataset):
                     f"{folder}: sequence '{name}' not found; check the sequence list "
                     f"(ImageSets/*.txt) against JPEGImages/{resolution}/."
                 )
-            images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images, _ = list_images(folder)
             indices = []
             for frame, image in enumerate(images):
                 indices.append(len(self.frames))
@@ -112,9 +111,9 @@ class DavisDataset(Dataset):
 
     def _objects(self, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """``(object ids int64[N], masks bool[N, H, W])`` of one annotation PNG."""
+        values = read_label_map(mask_path)  # first: errors (corrupt, too large) name the file
         with Image.open(mask_path) as img:
             mode = img.mode
-        values = read_label_map(mask_path)
         uniq = np.unique(values)
         if mode == "P":
             ids = uniq[(uniq != 0) & (uniq != 255)]
