@@ -3,14 +3,118 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's default: a quarter GiB of RGB pixels (~9459 x 9459)
+
 
 class DataError(ValueError):
     """Bad input data: the message names the file, the record and how to fix it."""
+
+
+def escapes_root(name: str) -> bool:
+    """Whether the relative path ``name`` leads outside the folder it is joined to.
+
+    The check is lexical (``os.path.normpath``): ``a/../../b`` escapes, ``a/./b`` and
+    ``a/../b`` do not. Symbolic links are followed as usual, since the dataset's owner placed
+    them, not the annotation file.
+    """
+    norm = os.path.normpath(name)
+    return norm == ".." or norm.startswith("../")
+
+
+def check_paths_under_root(
+    names: Sequence[str] | np.ndarray,
+    root: str | os.PathLike,
+    source: str | os.PathLike,
+    record: Callable[[int], str],
+    allow_absolute: bool = False,
+    option: str | None = "allow_absolute_paths",
+) -> None:
+    """Refuse file names from an annotation file that would open a file outside ``root``.
+
+    Readers join ``root / name`` for names read from an annotation or list file; a name such
+    as ``../../../etc/passwd`` or ``/etc/passwd`` would otherwise open any file the process can
+    read. Every reader that joins a folder with a name from a file calls this once, at index
+    time.
+
+    Args:
+        names: the file names, in record order.
+        root: the folder they are relative to.
+        source: the annotation / list file (named in the message).
+        record: ``record(i)`` describes the record of ``names[i]`` (e.g. ``"image id=7"``).
+        allow_absolute: trust the file: absolute names are used as they are and relative
+            names may lead outside ``root``.
+        option: how the caller's user turns ``allow_absolute`` on (named in the message);
+            None when the reader has no such option.
+
+    Raises:
+        DataError: naming the file, the record, the path and the fix.
+    """
+    if allow_absolute:
+        return
+    for i, name in enumerate(names):
+        name = str(name)
+        if not (name.startswith("/") or ".." in name):
+            continue  # fast path: nothing to normalise
+        if os.path.isabs(name):
+            problem = "is absolute"
+        elif escapes_root(name):
+            problem = "leads out of that folder through '..'"
+        else:
+            continue
+        raise DataError(
+            f"{source}: {record(i)} has the file name {name!r}, which {problem}. File names in "
+            f"this file are relative to {root}; other paths are refused so that an annotation "
+            f"file cannot make the reader open any file on the machine. Make the path relative "
+            f"to {root} (and move the file there)"
+            + (f", or set {option}=True if you trust the file." if option else ".")
+        )
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Largest image, in pixels, that the readers decode; None removes the limit.
+
+    This is PIL's decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, process-wide): a
+    small file can declare a huge size and take all memory when decoded. Readers refuse an
+    image above the limit with a ``DataError`` (PIL itself only warns up to twice the limit).
+    DataModules set it from their ``max_image_pixels`` option in every worker process.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"max_image_pixels must be a positive number of pixels or None, got {limit}")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def max_image_pixels() -> int | None:
+    """The current limit of ``set_max_image_pixels`` (None: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path}: {exc} The image is larger than the max_image_pixels limit "
+        f"({max_image_pixels():,} pixels, PIL's decompression-bomb guard). If the image is "
+        f"genuine, raise the limit: the DataModule option max_image_pixels (e.g. "
+        f"--data.init_args.max_image_pixels 400000000, or null for no limit) or "
+        f"lightning_seg.data.io.set_max_image_pixels(n) in Python; otherwise remove the file."
+    )
+
+
+@contextmanager
+def _size_guard(path: Path) -> Iterator[None]:
+    """PIL's decompression-bomb warning and error as a ``DataError`` naming the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_large(path, exc) from None
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
@@ -21,14 +125,40 @@ def _open(path: str | os.PathLike) -> Image.Image:
             f"annotation (paths are resolved relative to the image folder)."
         )
     try:
-        img = Image.open(path)
-        img.load()
+        with _size_guard(path):
+            img = Image.open(path)
+            img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(
             f"{path}: cannot decode image ({exc}). The file is corrupt or not an image; "
             f"re-download it or remove it from the annotation file."
         ) from exc
     return img
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Why the image file ``path`` cannot be read, or None when it can (cheaper than reading).
+
+    PNG: ``verify()`` (every chunk and its checksum, no decoding); JPEG: decoded at 1/8 scale
+    (``draft``: every block is still entropy-decoded, so a truncated or damaged stream is
+    found); other formats: decoded. Images above ``max_image_pixels`` are refused too.
+    """
+    path = Path(path)
+    try:
+        with _size_guard(path), Image.open(path) as img:
+            if img.format == "PNG":
+                img.verify()
+            else:
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+    except DataError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except FileNotFoundError:
+        return "file not found"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"cannot decode image ({exc})"
+    return None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -74,7 +204,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of an image file without decoding its pixels."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _size_guard(path), Image.open(path) as img:
             w, h = img.size
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found.") from exc

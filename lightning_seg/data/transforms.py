@@ -39,6 +39,7 @@ Conventions (read before writing a model or a metric that depends on them):
 
 from __future__ import annotations
 
+import logging
 import random
 import warnings
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ from torch import Tensor
 
 from lightning_seg.structures import DatasetInfo, InstanceTargets, PanopticTargets, Sample
 
+log = logging.getLogger("lightning_seg.data")
 # D4 group elements that mirror the image (the others are rotations).
 _D4_REFLECTIONS = frozenset({"h", "v", "t", "hvt"})
 _ALWAYS_REFLECTIONS = frozenset({"HorizontalFlip", "VerticalFlip", "Transpose"})
@@ -447,6 +449,71 @@ class EvalTransform(AlbumentationsTransform):
     def __init__(self, size: tuple[int, int] | None = None, ignore_index: int | None = None) -> None:
         ops = [] if size is None else [A.LongestMaxSize(max_size_hw=tuple(size), p=1.0)]
         super().__init__(ops, flip_permutation=None, ignore_index=ignore_index, seed=0)
+
+
+class LimitSize(AlbumentationsTransform):
+    """Shrink an image (and its targets) whose longer side exceeds ``max_size``; smaller
+    images pass unchanged (never enlarged).
+
+    For inference on arbitrary images (``SegDataModule.predict_max_size``): an 8000 x 8000
+    photo would not fit in memory in a backbone. ``meta.orig_size`` keeps the size on disk, so
+    the tasks map predictions back to it (semantic maps are resized to ``orig_size``, instance
+    boxes and masks are scaled to it). Area interpolation (anti-aliased) for the image,
+    nearest for label maps. The first resize in each process is logged (INFO), later ones
+    at DEBUG level; ``num_resized`` counts them in this process.
+
+    Args:
+        max_size: largest allowed height and width, in pixels.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        self.max_size = int(max_size)
+        self.num_resized = 0
+        ops = [A.LongestMaxSize(max_size=self.max_size, interpolation=cv2.INTER_AREA, p=1.0)]
+        super().__init__(ops, flip_permutation=None, ignore_index=None, seed=0)
+
+    def _apply(self, sample: Sample) -> Sample:
+        h, w = sample.image_size
+        if max(h, w) <= self.max_size:
+            return sample
+        out = super()._apply(sample)
+        self.num_resized += 1
+        log.log(
+            logging.INFO if self.num_resized == 1 else logging.DEBUG,
+            "%s: %dx%d (h x w) resized to %dx%d for inference (longer side at most %d; "
+            "predictions are mapped back to the original size). Further resizes are logged "
+            "at DEBUG level.", sample.meta.file_name, h, w, *out.image_size, self.max_size,
+        )
+        return out
+
+
+class ChainTransform:
+    """Apply transforms one after the other (None entries are left out); ``bind`` and
+    ``apply_clip`` are passed on to each."""
+
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = [t for t in transforms if t is not None]
+
+    def bind(self, info: DatasetInfo) -> ChainTransform:
+        for t in self.transforms:
+            bind = getattr(t, "bind", None)
+            if bind is not None:
+                bind(info)
+        return self
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+    def apply_clip(self, samples: Sequence[Sample]) -> list[Sample]:
+        out = list(samples)
+        for t in self.transforms:
+            apply_clip = getattr(t, "apply_clip", None)
+            out = apply_clip(out) if apply_clip else [t(s) for s in out]
+        return out
 
 
 def train_transform(**kwargs) -> TrainTransform:

@@ -226,3 +226,133 @@ def test_many_skips_are_counted_with_few_examples(tmp_path):
     assert ds.skips.fixed["box outside the image clipped"] == 10
     assert len(ds.skips.examples["box outside the image clipped"]) == ds.skips.max_examples
     assert "repaired 10 x box outside the image clipped" in ds.skips.summary()
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults found by probing (issue #10 section 4): each decided at index time.
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+@pytest.mark.parametrize("counts", ["!!garbage!!", "00P", "OO", "0" * 3 + "\u00e9"])
+def test_garbage_compressed_rle_counts_are_skipped_at_index_time(tmp_path, counts):
+    # a character outside '0'..'o', a string ending inside a count, a negative count, non-ASCII:
+    # pycocotools decodes these without a check (out-of-bounds reads / writes)
+    bad = {"size": [H, W], "counts": counts}
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(2, segmentation=bad, iscrowd=1)])
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.num_skipped == 1
+    reason = next(iter(ds.skips.skipped))
+    assert "RLE" in reason or "unreadable segmentation" in reason
+    assert "annotation id=2 (image_id=1)" in ds.skips.summary()
+    assert ds.annotation_ids(0).tolist() == [1] and len(ds[0].instances) == 1
+
+
+@pytest.mark.parametrize("extra", [1, -1, H * W])
+def test_uncompressed_rle_whose_counts_do_not_sum_to_h_times_w_is_skipped(tmp_path, extra):
+    m = np.zeros((H, W), np.uint8)
+    m[4:9, 3:12] = 1
+    flat = m.ravel(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    assert sum(runs) == H * W
+    runs[-1] += extra  # one pixel too many / too few, or a whole image too many
+    anns = [_ann(1), _ann(2, segmentation={"size": [H, W], "counts": runs}, iscrowd=1)]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.skipped == {"RLE counts do not sum to height * width": 1}
+    assert "annotation id=2" in ds.skips.summary()
+    assert ds.annotation_ids(0).tolist() == [1]
+
+
+def test_compressed_rle_of_another_area_with_the_right_size_is_skipped(tmp_path):
+    m = np.zeros((H, W + 3), np.uint8)
+    m[2:5, 2:5] = 1
+    lying = {"size": [H, W], "counts": _rle(m)["counts"]}  # runs of a 21x30 mask
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(2, segmentation=lying, iscrowd=1)])
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds.skips.skipped == {"RLE counts do not sum to height * width": 1}
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])
+@pytest.mark.parametrize("value", ["5", None, [3, 4], "abc", {"x": 1}])
+def test_non_numeric_polygon_coordinate_is_skipped(tmp_path, chunk_bytes, value):
+    good = [[2.5, 2, 10, 2, 10, 7.25, 2, 7]]
+    m = np.zeros((H, W), np.uint8)
+    m[10:15, 3:9] = 1
+    anns = [
+        _ann(1, segmentation=good),
+        _ann(2, segmentation=_rle(m), iscrowd=1, bbox=[3, 10, 6, 5]),  # before the bad one
+        _ann(3, segmentation=[[2, 2, 10, 2, value, 7, 2, 7]]),
+        _ann(4, segmentation=[[1, 1, 5, 1, 5, 5], [2, 2, 10, 2, 10, 7, 2, 7]]),
+    ]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    ds = CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+    assert ds.skips.skipped == {"polygon with a coordinate that is not a finite number": 1}
+    assert "annotation id=3" in ds.skips.summary()
+    assert ds.annotation_ids(0).tolist() == [1, 2, 4]
+    s = ds[0]
+    ref = [mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(good, H, W))), m,
+           mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(anns[3]["segmentation"],
+                                                                      H, W)))]
+    for got, want in zip(s.instances.masks.numpy(), ref):
+        assert np.array_equal(got, want.astype(bool))
+    assert ds.index.segments.polygons(0)[0].tolist() == good[0]  # exact after the re-parse
+
+
+def test_duplicate_category_id_errors(tmp_path):
+    cats = [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}, {"id": 1, "name": "again"}]
+    image_dir, ann_file = _coco(tmp_path, [_ann(1)], categories=cats)
+    expected = r"ann\.json: category id 1 appears more than once.*'thing'.*'again'.*renumber"
+    with pytest.raises(DataError, match=expected):
+        CocoInstanceDataset(image_dir, ann_file)
+    cats[2] = {"name": "no id"}
+    image_dir, ann_file = _coco(tmp_path, [_ann(1)], categories=cats)
+    with pytest.raises(DataError, match=r"category record .*'no id'.* has no integer 'id'"):
+        CocoInstanceDataset(image_dir, ann_file)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])
+def test_duplicate_annotation_id_errors(tmp_path, chunk_bytes):
+    doc_anns = [_ann(1), _ann(2), _ann(3, image_id=2), _ann(2, image_id=2), _ann(5)]
+    image_dir, ann_file = _coco(tmp_path, doc_anns)
+    doc = json.loads(ann_file.read_text())
+    doc["images"].append({"id": 2, "file_name": "b.png", "height": H, "width": W})
+    ann_file.write_text(json.dumps(doc))
+    expected = (r"ann\.json: annotation id 2 is used by more than one annotation "
+                r"\(image_id=1 and image_id=2.*renumber")
+    with pytest.raises(DataError, match=expected):
+        CocoInstanceDataset(image_dir, ann_file, chunk_bytes=chunk_bytes)
+    for a in doc["annotations"]:
+        del a["id"]  # records without ids are not checked (nothing refers to them)
+    ann_file.write_text(json.dumps(doc))
+    assert len(CocoInstanceDataset(image_dir, ann_file).index.ann_ids) == 5
+
+
+@pytest.mark.parametrize("value", ["0", "yes", "1", 2, 0.5, [0]])
+def test_iscrowd_that_is_not_0_or_1_errors(tmp_path, value):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(2, iscrowd=value)])
+    with pytest.raises(DataError, match=r"annotation id=2 \(image_id=1\) has iscrowd=.*0 or 1"):
+        CocoInstanceDataset(image_dir, ann_file)
+
+
+def test_iscrowd_numbers_booleans_and_null(tmp_path):
+    anns = [_ann(1, iscrowd=True), _ann(2, iscrowd=None), _ann(3, iscrowd=1.0), _ann(4)]
+    del anns[3]["iscrowd"]
+    image_dir, ann_file = _coco(tmp_path, anns)
+    ds = CocoInstanceDataset(image_dir, ann_file)
+    assert ds[0].instances.iscrowd.tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize(("key", "value"), [("id", "7"), ("id", 1.5), ("image_id", "1"),
+                                            ("category_id", None), ("area", "40")])
+def test_ids_and_area_that_are_not_numbers_error(tmp_path, key, value):
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(2, **{key: value})])
+    with pytest.raises(DataError, match=rf"ann\.json: annotation id=.* '?{key}'?.*(Fix|fix)"):
+        CocoInstanceDataset(image_dir, ann_file)
+    image_dir, ann_file = _coco(tmp_path, [_ann(1), _ann(2.0, image_id=1.0)])  # integral floats
+    assert CocoInstanceDataset(image_dir, ann_file).annotation_ids(0).tolist() == [1, 2]

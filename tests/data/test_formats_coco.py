@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 from lightning_seg.data.formats import CocoIndex, CocoInstanceDataset, LvisDataset
 from lightning_seg.data.formats.jsonio import load_json_chunked
+from lightning_seg.data.io import DataError
 
 
 def _ann_masks(coco: COCO, ann_ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -350,3 +351,41 @@ def test_chunked_parse_pretty_printed_and_reordered(tmp_path, indent):
     assert [a for s in slices for a in s] == anns and top["images"] == doc["images"]
     index = CocoIndex.build(path, chunk_bytes=1)
     assert index.ann_ids.tolist() == list(range(1, 8))
+
+
+def test_rle_string_decoder_equals_pycocotools_runs():
+    from lightning_seg.data.formats.masks import _offsets, decode_rle_strings
+
+    rng = np.random.default_rng(0)
+    strings, runs = [], []
+    for t in range(200):
+        h, w = rng.integers(1, 40, 2)
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        m[:] = 0 if t % 7 == 0 else (1 if t % 11 == 0 else m)
+        if t == 5:
+            m = np.zeros((1500, 2000), np.uint8)  # long runs: several characters per count
+            m[100:1400, 5:1999] = 1
+        strings.append(mask_utils.encode(np.asfortranarray(m))["counts"])
+        flat = m.ravel(order="F")
+        change = np.flatnonzero(np.diff(flat)) + 1
+        run = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+        runs.append(([0] if flat[0] else []) + run)  # runs start with background
+    bad = [b"!!", b"P", b"OO", b"0" * 10 + b"P" * 8 + b"0"]  # char, cut, negative, too long
+    strings[3:3] = bad
+    chars = np.frombuffer(b"".join(strings), np.uint8)
+    counts, offs, readable = decode_rle_strings(chars, _offsets([len(x) for x in strings]))
+    assert readable.tolist() == [True] * 3 + [False] * 4 + [True] * 197
+    for i, run in enumerate(runs[:3] + [[]] * 4 + runs[3:]):
+        assert counts[offs[i] : offs[i + 1]].tolist() == run
+
+
+def test_non_numeric_keypoints_error(tmp_path):
+    image_dir, ann_file = _tiny_coco(tmp_path)
+    doc = json.loads(ann_file.read_text())
+    doc["categories"][0]["keypoints"] = ["a"]
+    for a in doc["annotations"]:
+        a["keypoints"] = [1, 2, 2]
+    doc["annotations"][1]["keypoints"] = [1, "2", 2]
+    ann_file.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"annotation id=2 \(image_id=3\) has keypoints"):
+        CocoInstanceDataset(image_dir, ann_file, with_keypoints=True)

@@ -127,3 +127,20 @@ def test_youtube_vis_frame_count_mismatch(tmp_path):
     ann_file.write_text(json.dumps(doc))
     with pytest.raises(DataError, match="one entry .* per frame"):
         YouTubeVISDataset(frames, ann_file)
+
+
+def test_youtube_vis_unreadable_rle_and_non_numeric_polygon_are_skipped(tmp_path):
+    frames, ann_file, _ = _youtube_vis(tmp_path)
+    doc = json.loads(ann_file.read_text())
+    doc["annotations"][0]["segmentations"][2] = {"size": [13, 19], "counts": "!!"}
+    doc["annotations"][1]["segmentations"][1] = [[10, 5, "17", 5, 17, 12, 10, 12]]
+    ann_file.write_text(json.dumps(doc))
+    ds = YouTubeVISDataset(frames, ann_file)
+    assert ds.skips.skipped == {
+        "compressed RLE counts unreadable (not a pycocotools RLE string)": 1,
+        "polygon with a coordinate that is not a finite number": 1,
+    }
+    assert "track id=1 frame 2 of video id=5" in ds.skips.summary()
+    assert ds[1].instances is not None and len(ds[1].instances) == 0
+    assert ds[2].instances.track_ids.tolist() == []
+    assert ds[0].instances.track_ids.tolist() == [1, 2]

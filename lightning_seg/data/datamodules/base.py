@@ -16,11 +16,17 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_seg.data.collate import Collate
-from lightning_seg.data.io import DataError
-from lightning_seg.data.transforms import AlbumentationsTransform
+from lightning_seg.data.io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DataError,
+    max_image_pixels,
+    set_max_image_pixels,
+)
+from lightning_seg.data.transforms import AlbumentationsTransform, ChainTransform, LimitSize
 from lightning_seg.structures import DatasetInfo, Sample
 
 log = logging.getLogger("lightning_seg.data")
@@ -33,16 +39,26 @@ class TransformedDataset(Dataset):
 
     Items may be a ``Sample`` or a clip (``list[Sample]``); a clip is transformed with
     ``transform.apply_clip`` when the transform has it (same parameters for every frame).
+    ``max_image_pixels`` (``io.set_max_image_pixels``) is applied in the process that reads
+    the item, so that DataLoader workers started by ``spawn`` get it too.
     """
 
-    def __init__(self, dataset: Dataset, transform: Transform | None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform: Transform | None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int):
+        if max_image_pixels() != self.max_image_pixels:  # a fresh (spawned) worker process
+            set_max_image_pixels(self.max_image_pixels)
         item = self.dataset[i]
         if self.transform is None:
             return item
@@ -111,6 +127,17 @@ class SegDataModule(L.LightningDataModule):
         val_batch_size: batch size of validation / test / predict; None: ``batch_size``.
         max_train_samples: use only the first N training samples (smoke runs); None: all.
         max_val_samples: use only the first N validation samples; None: all.
+        predict_images: a folder of images for ``lseg predict`` (every type PIL reads:
+            png, jpg / jpeg, bmp, tif / tiff, webp, any case; ``ImageFolderDataset``);
+            unreadable images are left out and reported. None: predict on the test split.
+        predict_max_size: for ``predict``, shrink images whose longer side exceeds this many
+            pixels (after ``val_transform``; ``LimitSize``), so that a huge photo does not
+            run out of memory in the backbone; predictions are mapped back to the size on
+            disk. The default 2048 keeps full-resolution Cityscapes frames (2048 x 1024)
+            unchanged; detectron2 tests COCO at a longer side of 1333. None: no limit.
+        max_image_pixels: largest image, in pixels, the readers decode
+            (``io.set_max_image_pixels``, PIL's decompression-bomb guard); a larger image is
+            a ``DataError`` naming the file (a predict folder leaves it out). None: no limit.
     """
 
     def __init__(
@@ -125,6 +152,9 @@ class SegDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
+        predict_images: str | None = None,
+        predict_max_size: int | None = 2048,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -137,10 +167,19 @@ class SegDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.max_train_samples = max_train_samples
         self.max_val_samples = max_val_samples
+        if predict_max_size is not None and predict_max_size < 1:
+            raise ValueError(f"predict_max_size must be >= 1 or None, got {predict_max_size}")
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1 or None, got {max_image_pixels}")
+        self.predict_images = predict_images
+        self.predict_max_size = predict_max_size
+        self.max_image_pixels = max_image_pixels
         self._info: DatasetInfo | None = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
+        self.predict_dataset: Dataset | None = None
+        self._predict_source: Dataset | None = None
 
     # --------------------------------------------------------------------------- dataset facts
     def _build_info(self) -> DatasetInfo:
@@ -218,19 +257,52 @@ class SegDataModule(L.LightningDataModule):
 
     def _wrap(self, dataset: Dataset, split: str, max_items: int | None, transform) -> Dataset:
         self._check_info(dataset, split)
-        return TransformedDataset(first_items(dataset, max_items), self._bind(transform))
+        return TransformedDataset(
+            first_items(dataset, max_items), self._bind(transform), self.max_image_pixels
+        )
+
+    def _predict_data(self) -> Dataset:
+        """``predict_images`` as an ``ImageFolderDataset``, else the test data."""
+        if self.predict_images is None:
+            return self._test_data()
+        from lightning_seg.data.formats.image_folder import ImageFolderDataset
+
+        data = ImageFolderDataset(self.predict_images)
+        rank_zero_info(
+            f"predict: {data.folder}: {data.description}"
+            + (f"; {data.skips.num_skipped} cannot be read and are left out (listed in the "
+               f"warning above and at the end)" if data.skips.num_skipped else "")
+        )
+        return data
+
+    def _predict_transform(self) -> Transform | None:
+        if self.predict_max_size is None:
+            return self.val_transform
+        return ChainTransform([self.val_transform, LimitSize(self.predict_max_size)])
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage`` (None: fit and validate); idempotent."""
+        set_max_image_pixels(self.max_image_pixels)
         if stage in (None, "fit") and self.train_dataset is None:
             data = self._train_data()
             self.train_dataset = self._wrap(data, "train", self.max_train_samples, self.train_transform)
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             data = self._val_data()
             self.val_dataset = self._wrap(data, "val", self.max_val_samples, self.val_transform)
-        if stage in ("test", "predict") and self.test_dataset is None:
+        if stage == "test" and self.test_dataset is None:
             data = self._test_data()
             self.test_dataset = self._wrap(data, "test", self.max_val_samples, self.val_transform)
+        if stage == "predict" and self.predict_dataset is None:
+            self._predict_source = self._predict_data()
+            self.predict_dataset = self._wrap(
+                self._predict_source, "predict", self.max_val_samples, self._predict_transform()
+            )
+
+    def teardown(self, stage: str) -> None:
+        """After ``predict``: repeat what was left out, so that it is not lost in the log."""
+        skips = getattr(self._predict_source, "skips", None)
+        if stage == "predict" and skips is not None and skips.num_skipped:
+            rank_zero_warn(f"predict: left out {skips.num_skipped} image(s):\n{skips.summary()}")
 
     # ---------------------------------------------------------------------------------- loaders
     def collate(self) -> Collate:
@@ -259,7 +331,7 @@ class SegDataModule(L.LightningDataModule):
         return self._loader(self.test_dataset, False, self.val_batch_size, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, False, self.val_batch_size, "predict")
+        return self._loader(self.predict_dataset, False, self.val_batch_size, "predict")
 
 
 class HoldoutMixin:

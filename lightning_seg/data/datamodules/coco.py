@@ -44,10 +44,11 @@ LVIS_LAYOUT = describe_layout(
 
 def read_categories(ann_file: Path) -> list[dict]:
     """The ``categories`` of a COCO-style file, skipping over its (possibly huge) annotations."""
+    from lightning_seg.data.formats.coco import check_categories
     from lightning_seg.data.formats.jsonio import load_json_chunked
 
     top = load_json_chunked(ann_file, "annotations", lambda records: None)
-    return sorted(top.get("categories") or [], key=lambda c: c["id"])
+    return check_categories(Path(ann_file), top.get("categories") or [])
 
 
 def coco_placeholder_info(task: str) -> DatasetInfo:
@@ -87,6 +88,9 @@ class CocoDataModule(SegDataModule):
         train_images / val_images / test_images: image folders.
         train_panoptic_dir / val_panoptic_dir / test_panoptic_dir: panoptic PNG folders.
         drop_empty_train: leave training images without annotations out.
+        allow_absolute_paths: trust the annotation files' image paths: absolute ``file_name``
+            values are opened as they are and relative ones may lead out of the image folder
+            (``..``). Default: such a name fails at setup with a ``DataError``.
         **kwargs: ``SegDataModule`` arguments (batch size, workers, transforms, ...).
     """
 
@@ -104,6 +108,7 @@ class CocoDataModule(SegDataModule):
         val_panoptic_dir: str | None = None,
         test_panoptic_dir: str | None = None,
         drop_empty_train: bool = True,
+        allow_absolute_paths: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,6 +117,7 @@ class CocoDataModule(SegDataModule):
         self.root = Path(root)
         self.task = task
         self.drop_empty_train = drop_empty_train
+        self.allow_absolute_paths = allow_absolute_paths
         prefix = _ANN_PREFIX[task]
         self.paths: dict[str, dict[str, Path]] = {}
         given = {
@@ -153,7 +159,10 @@ class CocoDataModule(SegDataModule):
             from lightning_seg.data.formats.coco_panoptic import CocoPanopticDataset
 
             require_dir(paths["panoptic"], COCO_LAYOUT)
-            return CocoPanopticDataset(paths["images"], paths["ann"], paths["panoptic"])
+            return CocoPanopticDataset(
+                paths["images"], paths["ann"], paths["panoptic"],
+                allow_absolute_paths=self.allow_absolute_paths,
+            )
         from lightning_seg.data.formats.coco import CocoInstanceDataset
 
         return CocoInstanceDataset(
@@ -162,6 +171,7 @@ class CocoDataModule(SegDataModule):
             with_masks=True,
             with_keypoints=self.task == "keypoints",
             drop_empty=self.drop_empty_train and split == "train",
+            allow_absolute_paths=self.allow_absolute_paths,
         )
 
 
@@ -174,6 +184,7 @@ class LvisDataModule(SegDataModule):
             images by their COCO URL); None: ``root``.
         train_ann / val_ann: JSON files relative to ``root``.
         drop_empty_train: leave training images without annotations out.
+        allow_absolute_paths: as ``CocoDataModule``.
         **kwargs: ``SegDataModule`` arguments.
     """
 
@@ -184,6 +195,7 @@ class LvisDataModule(SegDataModule):
         train_ann: str = "lvis_v1_train.json",
         val_ann: str = "lvis_v1_val.json",
         drop_empty_train: bool = True,
+        allow_absolute_paths: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -191,6 +203,7 @@ class LvisDataModule(SegDataModule):
         self.image_root = Path(image_root) if image_root is not None else self.root
         self.anns = {"train": self.root / train_ann, "val": self.root / val_ann, "test": self.root / val_ann}
         self.drop_empty_train = drop_empty_train
+        self.allow_absolute_paths = allow_absolute_paths
 
     def _build_info(self) -> DatasetInfo:
         from lightning_seg.data.formats.coco import coco_dataset_info
@@ -212,5 +225,7 @@ class LvisDataModule(SegDataModule):
         require_file(self.anns[split], LVIS_LAYOUT)
         require_dir(self.image_root, LVIS_LAYOUT)
         return LvisDataset(
-            self.image_root, self.anns[split], drop_empty=self.drop_empty_train and split == "train"
+            self.image_root, self.anns[split],
+            drop_empty=self.drop_empty_train and split == "train",
+            allow_absolute_paths=self.allow_absolute_paths,
         )

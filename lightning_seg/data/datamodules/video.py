@@ -176,6 +176,8 @@ class YouTubeVISDataModule(VideoDataModule):
         val_ann / val_images: an annotated validation set; None: hold back training videos.
         val_videos_from_train: fraction in ``(0, 1)`` or count of training videos held back.
         split_seed: seed of the hold-out permutation.
+        allow_absolute_paths: trust the annotation files' frame paths (absolute ones opened as
+            they are, relative ones may lead out of the frame folder); default: ``DataError``.
         **kwargs: ``VideoDataModule`` arguments.
     """
 
@@ -188,10 +190,12 @@ class YouTubeVISDataModule(VideoDataModule):
         val_images: str | None = None,
         val_videos_from_train: float | int = 0.1,
         split_seed: int = 0,
+        allow_absolute_paths: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
+        self.allow_absolute_paths = allow_absolute_paths
         self.train_ann, self.train_images = self.root / train_ann, self.root / train_images
         self.val_ann = None if val_ann is None else self.root / val_ann
         self.val_images = self.root / (val_images or "valid/JPEGImages")
@@ -220,7 +224,9 @@ class YouTubeVISDataModule(VideoDataModule):
         if self._train_frames is None:
             require_file(self.train_ann, YTVIS_LAYOUT)
             require_dir(self.train_images, YTVIS_LAYOUT)
-            self._train_frames = YouTubeVISDataset(self.train_images, self.train_ann)
+            self._train_frames = YouTubeVISDataset(
+                self.train_images, self.train_ann, allow_absolute_paths=self.allow_absolute_paths
+            )
         return self._train_frames
 
     def _frames(self, split: str) -> Dataset:
@@ -228,7 +234,9 @@ class YouTubeVISDataModule(VideoDataModule):
 
         if split == "val" and self.val_ann is not None:
             require_file(self.val_ann, YTVIS_LAYOUT)
-            return YouTubeVISDataset(self.val_images, self.val_ann)
+            return YouTubeVISDataset(
+                self.val_images, self.val_ann, allow_absolute_paths=self.allow_absolute_paths
+            )
         frames = self._all_train_frames()
         if self.val_ann is not None or not self.val_videos_from_train:
             return frames

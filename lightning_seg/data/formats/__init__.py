@@ -7,6 +7,7 @@ from lightning_seg.data.formats.cityscapes import (
 )
 from lightning_seg.data.formats.coco import CocoIndex, CocoInstanceDataset
 from lightning_seg.data.formats.coco_panoptic import CocoPanopticDataset
+from lightning_seg.data.formats.image_folder import ImageFolderDataset
 from lightning_seg.data.formats.label_png import LabelPngDataset, camvid_dataset, voc_dataset
 from lightning_seg.data.formats.lvis import LvisDataset
 from lightning_seg.data.formats.video import DavisDataset, VideoClipDataset, YouTubeVISDataset
@@ -17,6 +18,7 @@ __all__ = [
     "CocoInstanceDataset",
     "CocoPanopticDataset",
     "DavisDataset",
+    "ImageFolderDataset",
     "LabelPngDataset",
     "LvisDataset",
     "VideoClipDataset",

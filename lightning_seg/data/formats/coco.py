@@ -18,11 +18,28 @@ missing ``images``/``annotations``/        index time: ``DataError``
 record without ``image_id``/``category_id``
 annotation with an unknown category id     index time: ``DataError`` (the categories list and
                                            the annotations disagree: wrong file pairing)
+category id used twice / category          index time: ``DataError`` (its annotations have
+without an integer id                      no single class)
+annotation id used twice                   index time: ``DataError`` (evaluation refers to
+                                           ground truth by id); records without ``id`` are
+                                           not checked
+``id`` / ``image_id`` / ``category_id``    index time: ``DataError``; integral floats
+not an integer (``"12"``, ``1.5``)         (``12.0``) are accepted
+``iscrowd`` other than 0 / 1 / true /      index time: ``DataError`` (``"0"`` is truthy:
+false (``"0"``, ``"yes"``, ``2``)          guessing would flip crowd regions); null reads 0
+``area`` not a number                      index time: ``DataError``
 annotation for an image id not in          index time: skipped, counted (subset files
 ``images``                                 often filter images only)
 polygon part with < 3 points / odd         index time: part dropped, counted as repaired;
 length                                     no part left: annotation skipped, counted
 unreadable segmentation                    index time: annotation skipped, counted
+polygon coordinate that is not a finite    index time: annotation skipped, counted
+number (string, null, list)
+compressed RLE counts unreadable (bad      index time: annotation skipped, counted
+character, cut inside a count, negative)   (pycocotools would read out of bounds)
+RLE counts (either kind) whose sum is not  index time: annotation skipped, counted
+``h * w`` of the RLE's ``size``            (pycocotools would write out of bounds / leave
+                                           pixels unset)
 RLE whose size differs from the image      index time: ``DataError`` (annotation, image,
                                            both sizes)
 box outside the image                      index time: clipped, counted as repaired
@@ -31,6 +48,8 @@ box missing                                index time: computed from the segment
 zero-area box (after clipping) or          index time: annotation skipped, counted
 ``area == 0``
 mask that decodes to no pixel              item time: instance dropped, counted
+image ``file_name`` absolute or leading    index time: ``DataError`` unless
+out of the image folder (``../``)          ``allow_absolute_paths`` (``io.check_paths_under_root``)
 image file missing / corrupt               item time: ``DataError`` (``io.read_image``)
 image size differs from the JSON           item time: ``DataError``
 grayscale / RGBA / 16-bit / palette image  item time: converted to RGB, counted as repaired
@@ -52,6 +71,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +81,7 @@ from torch.utils.data import Dataset
 from lightning_seg.data.formats import masks as M
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import DEFAULT_CHUNK_BYTES, load_json_chunked
-from lightning_seg.data.io import DataError
+from lightning_seg.data.io import DataError, check_paths_under_root
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
 from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
@@ -117,6 +137,18 @@ def _ragged(values: list[list[int]], dtype=np.int64) -> tuple[np.ndarray, np.nda
     return flat, M._offsets(lengths)
 
 
+def _column(values: list) -> np.ndarray:
+    """``values`` as a 1-D NumPy array when they are all scalars of one kind; an ``object``
+    array otherwise (mixed types, lists, None), which the callers check value by value."""
+    if not values:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        arr = np.array(values)
+    except (ValueError, TypeError, OverflowError):
+        return np.empty(0, dtype=object)
+    return arr if arr.ndim == 1 else np.empty(0, dtype=object)
+
+
 @dataclass
 class _AnnotationBuilder:
     """Copies each parsed slice of annotation records into NumPy, then drops the dicts."""
@@ -125,6 +157,7 @@ class _AnnotationBuilder:
     with_masks: bool
     with_keypoints: bool
     ids: list[np.ndarray] = field(default_factory=list)
+    has_id: list[np.ndarray] = field(default_factory=list)
     image_ids: list[np.ndarray] = field(default_factory=list)
     category_ids: list[np.ndarray] = field(default_factory=list)
     iscrowd: list[np.ndarray] = field(default_factory=list)
@@ -143,31 +176,98 @@ class _AnnotationBuilder:
             return f"annotation id={rec.get('id')} (image_id={rec.get('image_id')})"
         return f"annotation record {rec!r:.80}"
 
-    def _require(self, anns: list, key: str) -> None:
-        for a in anns:
-            if not isinstance(a, dict) or not isinstance(a.get(key), int):
-                raise DataError(
-                    f"{self.path}: {self._record(a)} has no integer '{key}'. Every "
-                    f"annotation needs 'image_id' and 'category_id'; fix or remove the record."
+    def _ints(self, anns: list, key: str, required: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(int64[n] values, bool[n] present)`` of ``key``; a missing optional key reads -1.
+
+        Integral floats (``12.0``, written by some exporters) are accepted; a string (even
+        ``"12"``), a fraction, a boolean or a missing required key is a ``DataError``.
+        """
+        values = [a.get(key) for a in anns]
+        n = len(values)
+        arr = _column(values)
+        if arr.dtype.kind in "iu":
+            return arr.astype(np.int64), np.ones(n, dtype=bool)
+        out = np.full(n, -1, dtype=np.int64)
+        present = np.ones(n, dtype=bool)
+        for j, v in enumerate(values):
+            if type(v) is int and -(2**63) <= v < 2**63:
+                out[j] = v
+            elif type(v) is float and v.is_integer() and abs(v) < 2**63:
+                out[j] = int(v)
+            elif v is None and not required:
+                present[j] = False
+            else:
+                what = "no" if v is None else f"a non-integer ({v!r:.40})"
+                need = (
+                    "Every annotation needs integer 'image_id' and 'category_id'"
+                    if required
+                    else "Annotation ids must be integers"
                 )
+                raise DataError(
+                    f"{self.path}: {self._record(anns[j])} has {what} '{key}'. {need}; fix or "
+                    f"remove the record."
+                )
+        return out, present
+
+    def _iscrowd(self, anns: list) -> np.ndarray:
+        """``bool[n]``: ``iscrowd`` must be 0 or 1 (or true / false); missing / null reads 0.
+
+        A string is refused rather than guessed: pycocotools and detectron2 test its truth
+        value, so ``"0"`` would silently become a crowd region (ignored in training and
+        evaluation).
+        """
+        values = [a.get("iscrowd") for a in anns]
+        arr = _column(values)
+        if arr.dtype.kind in "iufb" and np.isin(arr, (0, 1)).all():
+            return arr.astype(bool)
+        out = np.zeros(len(values), dtype=bool)
+        for j, v in enumerate(values):
+            if v is None:
+                continue
+            if type(v) in (int, bool, float) and v in (0, 1):
+                out[j] = bool(v)
+                continue
+            raise DataError(
+                f"{self.path}: {self._record(anns[j])} has iscrowd={v!r:.40}; iscrowd must be "
+                f"the number 0 or 1. A string is not read (tools that test its truth value "
+                f"would take \"0\" for a crowd region): write 0 or 1 without quotes."
+            )
+        return out
+
+    def _areas(self, anns: list) -> np.ndarray:
+        """``float64[n]`` ``area`` (NaN when missing or null); a non-number is a ``DataError``."""
+        values = [a.get("area") for a in anns]
+        arr = _column(values)
+        if arr.dtype.kind in "iuf":
+            return arr.astype(np.float64)
+        out = np.full(len(values), np.nan)
+        for j, v in enumerate(values):
+            if type(v) in (int, float):
+                out[j] = v
+            elif v is not None:
+                raise DataError(
+                    f"{self.path}: {self._record(anns[j])} has area={v!r:.40}; area is a number "
+                    f"(pixels of the mask). Fix or remove the record."
+                )
+        return out
 
     def __call__(self, anns: list) -> None:
         n = len(anns)
-        try:
-            image_ids = np.fromiter((a["image_id"] for a in anns), np.int64, n)
-        except (KeyError, TypeError, ValueError):
-            self._require(anns, "image_id")
-            raise
-        try:
-            category_ids = np.fromiter((a["category_id"] for a in anns), np.int64, n)
-        except (KeyError, TypeError, ValueError):
-            self._require(anns, "category_id")
-            raise
+        for a in anns:
+            if not isinstance(a, dict):
+                raise DataError(
+                    f"{self.path}: {self._record(a)} is not an object; every annotation is a "
+                    f"JSON object with 'id', 'image_id', 'category_id', ... Remove the record."
+                )
+        image_ids, _ = self._ints(anns, "image_id", required=True)
+        category_ids, _ = self._ints(anns, "category_id", required=True)
+        ids, has_id = self._ints(anns, "id", required=False)
         self.image_ids.append(image_ids)
         self.category_ids.append(category_ids)
-        self.ids.append(np.fromiter((a.get("id", -1) for a in anns), np.int64, n))
-        self.iscrowd.append(np.fromiter((a.get("iscrowd", 0) for a in anns), np.bool_, n))
-        self.areas.append(np.fromiter((a.get("area", np.nan) for a in anns), np.float64, n))
+        self.ids.append(ids)
+        self.has_id.append(has_id)
+        self.iscrowd.append(self._iscrowd(anns))
+        self.areas.append(self._areas(anns))
         nan4 = [np.nan] * 4
         boxes = [a.get("bbox") or nan4 for a in anns]
         try:
@@ -187,8 +287,21 @@ class _AnnotationBuilder:
             self.problems.extend((base + j, problem) for j, problem in problems)
         if self.with_keypoints:
             kps = [a.get("keypoints") or [] for a in anns]
-            lengths = np.fromiter((len(k) for k in kps), np.int64, n)
-            flat = np.fromiter((x for k in kps for x in k), np.float32, int(lengths.sum()))
+            flat = None
+            if all(type(k) is list for k in kps):
+                lengths = np.fromiter((len(k) for k in kps), np.int64, n)
+                flat = M.finite_numbers([x for k in kps for x in k])
+            if flat is None:
+                bad = next(
+                    a for a, k in zip(anns, kps)
+                    if type(k) is not list or M.finite_numbers(k) is None
+                )
+                raise DataError(
+                    f"{self.path}: {self._record(bad)} has keypoints "
+                    f"{bad.get('keypoints')!r:.80}; keypoints are a list of numbers x, y, v "
+                    f"per keypoint. Fix or remove the record."
+                )
+            flat = flat.astype(np.float32)
             self.keypoints.append((flat, lengths))
         self.count += n
 
@@ -198,6 +311,7 @@ class _AnnotationBuilder:
 
         out = {
             "ids": cat(self.ids, np.int64),
+            "has_id": cat(self.has_id, np.bool_),
             "image_ids": cat(self.image_ids, np.int64),
             "category_ids": cat(self.category_ids, np.int64),
             "iscrowd": cat(self.iscrowd, np.bool_),
@@ -290,7 +404,7 @@ class CocoIndex:
                 )
         skips = SkipReport(str(path))
         images = top.pop("images")
-        categories = sorted(top.pop("categories"), key=lambda c: c["id"])
+        categories = check_categories(path, top.pop("categories"))
         del top
 
         # images
@@ -330,6 +444,8 @@ class CocoIndex:
         def describe(j: int) -> str:
             return f"annotation id={ann['ids'][j]} (image_id={ann['image_ids'][j]})"
 
+        _check_unique_annotation_ids(path, ann["ids"], ann["has_id"], ann["image_ids"])
+
         def drop(where: np.ndarray, reason: str) -> None:
             count_records(skips, reason, np.flatnonzero(where & keep), describe)
             keep[where] = False
@@ -362,11 +478,13 @@ class CocoIndex:
         seg_rows = np.arange(num, dtype=np.int64) if with_masks else np.full(num, -1, np.int64)
         part_fixed = [j for j, p in builder.problems if p == M.BAD_POLYGON_PART]
         count_records(skips, M.BAD_POLYGON_PART, part_fixed, describe, fixed=True)
-        for problem in (M.NO_VALID_POLYGON, M.BAD_SEGMENTATION):
+        for problem in (M.NO_VALID_POLYGON, M.BAD_SEGMENTATION, M.NON_NUMERIC_POLYGON):
             where = np.zeros(num, dtype=bool)
             where[[j for j, p in builder.problems if p == problem]] = True
             drop(where, problem)
         if with_masks:
+            for problem, where in segments.rle_problems().items():
+                drop(where, problem)
             none = segments.kind == M.NONE
             drop(none, "annotation without segmentation (masks requested)")
             is_rle = (segments.kind == M.RLE) | (segments.kind == M.RLE_UNCOMPRESSED)
@@ -456,6 +574,47 @@ class CocoIndex:
         return slice(int(self.image_ann_offsets[row]), int(self.image_ann_offsets[row + 1]))
 
 
+def check_categories(path: Path, categories: list) -> list[dict]:
+    """The categories sorted by id; ``DataError`` for a record without an integer id or an id
+    used twice (the class of that id's annotations would be ambiguous)."""
+    for c in categories:
+        if not isinstance(c, dict) or type(c.get("id")) is not int:
+            raise DataError(
+                f"{path}: category record {c!r:.120} has no integer 'id'; every category "
+                f"needs 'id' and 'name'. Fix or remove the record."
+            )
+    categories = sorted(categories, key=lambda c: c["id"])
+    for a, b in pairwise(categories):
+        if a["id"] == b["id"]:
+            raise DataError(
+                f"{path}: category id {a['id']} appears more than once in 'categories' "
+                f"(names {a.get('name')!r} and {b.get('name')!r}); category ids must be unique, "
+                f"or annotations with category_id={a['id']} have no single class. Remove the "
+                f"duplicate or renumber it (and its annotations)."
+            )
+    return categories
+
+
+def _check_unique_annotation_ids(
+    path: Path, ids: np.ndarray, has_id: np.ndarray, image_ids: np.ndarray
+) -> None:
+    """``DataError`` when two annotations share an id (records without an id are not checked).
+
+    Evaluation (pycocotools ``COCOeval``) and result files refer to ground truth by id, so a
+    shared id makes one of the two records unreachable.
+    """
+    rows = np.flatnonzero(has_id)
+    order = rows[np.argsort(ids[rows], kind="stable")]
+    same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if len(same):
+        a, b = order[same[0]], order[same[0] + 1]
+        raise DataError(
+            f"{path}: annotation id {ids[a]} is used by more than one annotation (image_id="
+            f"{image_ids[a]} and image_id={image_ids[b]}; {len(same)} repeated id(s) in all). "
+            f"Annotation ids must be unique: renumber the annotations (e.g. id = position + 1)."
+        )
+
+
 def _coco_file_name(path: Path) -> Callable[[dict], str]:
     def file_name(im: dict) -> str:
         name = im.get("file_name")
@@ -511,6 +670,10 @@ class CocoInstanceDataset(Dataset):
         drop_empty: leave out images without any kept annotation (training usually does).
         keypoint_sigmas: OKS sigmas; default COCO's 17 when the keypoint names are COCO's.
         chunk_bytes: JSON slice size while indexing (memory vs. speed; tests use tiny ones).
+        allow_absolute_paths: trust the file's image paths: absolute ``file_name`` values are
+            opened as they are and relative ones may lead out of ``image_dir`` (``..``).
+            Default: such a name is a ``DataError`` at index time
+            (``io.check_paths_under_root``).
 
     Attributes:
         info: classes (sorted by COCO id), keypoint names / flip map / skeleton / sigmas.
@@ -527,11 +690,16 @@ class CocoInstanceDataset(Dataset):
         drop_empty: bool = False,
         keypoint_sigmas: list[float] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        allow_absolute_paths: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.with_masks = with_masks
         self.with_keypoints = with_keypoints
         self.index = self._build_index(ann_file, chunk_bytes)
+        check_paths_under_root(
+            self.index.file_names, self.image_dir, self.index.source,
+            lambda r: f"image id={self.index.image_ids[r]}", allow_absolute_paths,
+        )
         self.skips = self.index.skips
         self.info = coco_dataset_info(self.index.categories, keypoint_sigmas)
         counts = np.diff(self.index.image_ann_offsets)

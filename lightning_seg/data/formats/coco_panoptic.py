@@ -17,6 +17,8 @@ JSON missing / malformed / no keys      index time: ``DataError``
 segment with an unknown category id     index time: ``DataError``
 annotation for an image not in images   index time: skipped, counted
 image without a panoptic annotation     index time: skipped, counted (nothing to learn)
+image / PNG ``file_name`` absolute or   index time: ``DataError`` unless
+leading out of its folder (``../``)     ``allow_absolute_paths``
 PNG / image missing or corrupt          item time: ``DataError``
 PNG of another size than the image      item time: ``DataError``
 PNG id absent from ``segments_info``    item time: pixels set to void (0), counted as
@@ -34,11 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_seg.data.formats.coco import coco_dataset_info
+from lightning_seg.data.formats.coco import check_categories, coco_dataset_info
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import load_json
 from lightning_seg.data.formats.masks import _offsets, masks_to_boxes
-from lightning_seg.data.io import DataError, read_rgb_ids
+from lightning_seg.data.io import DataError, check_paths_under_root, read_rgb_ids
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import InstanceTargets, PanopticTargets, Sample, SampleMeta
 
@@ -53,6 +55,9 @@ class CocoPanopticDataset(Dataset):
         panoptic_dir: folder of the id PNGs (``annotations[].file_name``).
         with_semantic: also return ``Sample.semantic``.
         with_instances: also return ``Sample.instances`` for thing segments.
+        allow_absolute_paths: trust the file's paths: absolute image / PNG ``file_name``
+            values are opened as they are and relative ones may lead out of their folder.
+            Default: such a name is a ``DataError`` at index time.
 
     Attributes:
         info: things and stuff together, sorted by category id (``isthing`` per class,
@@ -67,6 +72,7 @@ class CocoPanopticDataset(Dataset):
         panoptic_dir: str | os.PathLike,
         with_semantic: bool = True,
         with_instances: bool = True,
+        allow_absolute_paths: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.panoptic_dir = Path(panoptic_dir)
@@ -81,7 +87,7 @@ class CocoPanopticDataset(Dataset):
                     f"'images', 'annotations' (with 'segments_info') and 'categories'."
                 )
         self.skips = SkipReport(str(path))
-        categories = sorted(top["categories"], key=lambda c: c["id"])
+        categories = check_categories(path, top["categories"])
         self.info = coco_dataset_info(categories)
         cat_index = self.info.id_to_index
         images = {im["id"]: im for im in top["images"]}
@@ -116,6 +122,14 @@ class CocoPanopticDataset(Dataset):
             if image_id not in annotated:
                 self.skips.skip("image without a panoptic annotation", f"image_id={image_id}")
         del top, images
+        check_paths_under_root(
+            file_names, self.image_dir, path, lambda i: f"image id={image_ids[i]}",
+            allow_absolute_paths,
+        )
+        check_paths_under_root(
+            png_names, self.panoptic_dir, path,
+            lambda i: f"the annotation of image_id={image_ids[i]}", allow_absolute_paths,
+        )
         self.file_names, self.png_names = file_names, png_names
         self.image_ids = np.asarray(image_ids, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)

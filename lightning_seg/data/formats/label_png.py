@@ -13,6 +13,8 @@ Bad input, decided per case (``DataError`` names the file, the record and the fi
 case                                  handling
 ====================================  ===================================================
 list file missing / malformed line    construction: ``DataError`` (file and line number)
+list entry leading out of the root    construction: ``DataError`` (file and line number);
+(``../``)                             absolute list paths keep their last two parts
 image or label file missing           construction: ``DataError`` (pair and list line);
                                       the folders are small, so checking is cheap
 corrupt image or label PNG            item time: ``DataError`` (``io.read_image``)
@@ -35,7 +37,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_seg.data.formats.common import image_tensor, load_rgb
-from lightning_seg.data.io import DataError, read_label_map
+from lightning_seg.data.formats.image_folder import list_images
+from lightning_seg.data.io import DataError, check_paths_under_root, read_label_map
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, Sample, SampleMeta, default_palette
 
@@ -160,7 +163,13 @@ def _read_list(list_file: Path, root: Path, columns: int) -> list[list[Path]]:
                 f"{list_file}:{lineno}: expected {columns} path(s) per line, got {line!r}. "
                 f"Fix the line (format: 'image_path label_path')."
             )
-        rows.append([root / Path(*Path(p).parts[-2:]) for p in parts])
+        names = [str(Path(*Path(p).parts[-2:])) for p in parts]
+        check_paths_under_root(
+            names, root, list_file,
+            lambda i, n=lineno, p=parts: f"line {n} (path {p[i]!r}, read as its last two parts)",
+            option=None,
+        )
+        rows.append([root / name for name in names])
     return rows
 
 
@@ -172,7 +181,9 @@ def camvid_dataset(root: str | os.PathLike, split: str) -> LabelPngDataset:
     """CamVid in the SegNet layout: ``<root>/<split>/*.png``, ``<root>/<split>annot/*.png``.
 
     Pairs come from ``<root>/<split>.txt`` when present (lines may carry a
-    ``/SegNet/CamVid/`` prefix, stripped), else from the two folders matched by file name.
+    ``/SegNet/CamVid/`` prefix, stripped), else from the two folders: every image of
+    ``<split>/`` (any type PIL reads, ``image_folder.IMAGE_SUFFIXES``) with the label PNG of
+    the same stem.
     Label 11 (Unlabelled) becomes 255 (void); 11 classes.
     """
     root = Path(root)
@@ -187,7 +198,8 @@ def camvid_dataset(root: str | os.PathLike, split: str) -> LabelPngDataset:
                 f"{root}: neither {list_file.name} nor the folder {split}/ exists. Use a split "
                 f"present in the dataset (train, val, test) or pass the CamVid root."
             )
-        pairs = [(p, label_dir / p.name) for p in sorted(image_dir.glob("*.png"))]
+        images, _ = list_images(image_dir)
+        pairs = [(p, label_dir / f"{p.stem}.png") for p in images]
         source = str(image_dir)
     lut = make_label_lut(256, {**{k: k for k in range(CAMVID_VOID)}, CAMVID_VOID: 255, 255: 255})
     return LabelPngDataset(pairs, camvid_info(), label_lut=lut, source=source)
@@ -213,6 +225,10 @@ def voc_dataset(root: str | os.PathLike, split: str) -> LabelPngDataset:
             f"JPEGImages/ and SegmentationClass/) and a split such as train or val."
         )
     ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    check_paths_under_root(
+        [f"{i}.jpg" for i in ids], root / "JPEGImages", list_file, lambda k: f"entry {k + 1}",
+        option=None,
+    )
     pairs = [
         (root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids
     ]

@@ -35,7 +35,8 @@ class LvisDataset(CocoInstanceDataset):
         image_dir: the COCO image root (holding ``train2017/``, ``val2017/``) or one split
             folder.
         ann_file: ``lvis_v1_{train,val}.json``.
-        with_masks, drop_empty, chunk_bytes: as ``CocoInstanceDataset``.
+        with_masks, drop_empty, chunk_bytes, allow_absolute_paths: as
+            ``CocoInstanceDataset``.
     """
 
     def __init__(
@@ -45,11 +46,13 @@ class LvisDataset(CocoInstanceDataset):
         with_masks: bool = True,
         drop_empty: bool = False,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        allow_absolute_paths: bool = False,
     ) -> None:
         self._image_root = Path(image_dir)
         super().__init__(
             image_dir, ann_file, with_masks=with_masks, with_keypoints=False,
             drop_empty=drop_empty, chunk_bytes=chunk_bytes,
+            allow_absolute_paths=allow_absolute_paths,
         )
         self.category_frequency = [c.get("frequency", "") for c in self.index.categories]
         self._cat_ids = np.asarray(self.info.category_ids, dtype=np.int64)

@@ -16,7 +16,8 @@ frame; its track id is the annotation id. Segmentations go to a ``SegmentStore``
 decoded per item.
 
 Bad input: JSON errors, unknown category ids, per-frame lists whose length differs from the
-video and RLE sizes that differ from the video are ``DataError`` at index time; a missing
+video, RLE sizes that differ from the video and frame paths that are absolute or lead out of the
+image folder (unless ``allow_absolute_paths``) are ``DataError`` at index time; a missing
 sequence folder or a mask of another size than its frame is a ``DataError``; boxes are
 clipped (repair) and zero-area ones skipped (counted) at index time; empty masks dropped at
 item time (counted); image conversions counted as repairs.
@@ -34,14 +35,18 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lightning_seg.data.formats import masks as M
-from lightning_seg.data.formats.coco import CLIP_EPS, coco_dataset_info, count_records
+from lightning_seg.data.formats.coco import (
+    CLIP_EPS,
+    check_categories,
+    coco_dataset_info,
+    count_records,
+)
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
+from lightning_seg.data.formats.image_folder import list_images
 from lightning_seg.data.formats.jsonio import load_json
-from lightning_seg.data.io import DataError, read_label_map
+from lightning_seg.data.io import DataError, check_paths_under_root, read_label_map
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class DavisDataset(Dataset):
@@ -73,6 +78,10 @@ class DavisDataset(Dataset):
         if sequences is None:
             sequences = sorted(p.name for p in image_root.iterdir() if p.is_dir())
         self.sequence_names = list(sequences)
+        check_paths_under_root(
+            self.sequence_names, image_root, "the sequence list",
+            lambda i: f"sequence {i}", option=None,
+        )
         self.info = DatasetInfo(class_names=["object"])
         self.skips = SkipReport(str(image_root))
         self.frames: list[tuple[int, int, Path, Path]] = []  # (video, frame, image, mask)
@@ -84,7 +93,7 @@ class DavisDataset(Dataset):
                     f"{folder}: sequence '{name}' not found; check the sequence list "
                     f"(ImageSets/*.txt) against JPEGImages/{resolution}/."
                 )
-            images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images, _ = list_images(folder)
             indices = []
             for frame, image in enumerate(images):
                 indices.append(len(self.frames))
@@ -102,9 +111,9 @@ class DavisDataset(Dataset):
 
     def _objects(self, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """``(object ids int64[N], masks bool[N, H, W])`` of one annotation PNG."""
+        values = read_label_map(mask_path)  # first: errors (corrupt, too large) name the file
         with Image.open(mask_path) as img:
             mode = img.mode
-        values = read_label_map(mask_path)
         uniq = np.unique(values)
         if mode == "P":
             ids = uniq[(uniq != 0) & (uniq != 255)]
@@ -150,6 +159,9 @@ class YouTubeVISDataset(Dataset):
         image_dir: folder the videos' ``file_names`` are relative to.
         ann_file: the JSON (``videos``, ``annotations``, ``categories``).
         with_masks: decode masks (otherwise boxes only).
+        allow_absolute_paths: trust the file's frame paths: absolute ``file_names`` are
+            opened as they are and relative ones may lead out of ``image_dir``. Default: such
+            a name is a ``DataError`` at index time.
 
     Attributes:
         info: categories sorted by id.
@@ -158,7 +170,11 @@ class YouTubeVISDataset(Dataset):
     """
 
     def __init__(
-        self, image_dir: str | os.PathLike, ann_file: str | os.PathLike, with_masks: bool = True
+        self,
+        image_dir: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        with_masks: bool = True,
+        allow_absolute_paths: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.with_masks = with_masks
@@ -171,7 +187,7 @@ class YouTubeVISDataset(Dataset):
                     f"'videos', 'annotations' and 'categories'."
                 )
         self.skips = SkipReport(str(path))
-        categories = sorted(top["categories"], key=lambda c: c["id"])
+        categories = check_categories(path, top["categories"])
         self.info = coco_dataset_info(categories)
         cat_index = self.info.id_to_index
 
@@ -191,6 +207,14 @@ class YouTubeVISDataset(Dataset):
         self.video_ids = np.asarray(video_ids, dtype=np.int64)
         self.video_sizes = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
         self.video_offsets = M._offsets(lengths)
+
+        def frame_record(i: int) -> str:
+            video = int(np.searchsorted(self.video_offsets, i, side="right") - 1)
+            return f"frame {i - self.video_offsets[video]} of video id={video_ids[video]}"
+
+        check_paths_under_root(
+            self.file_names, self.image_dir, path, frame_record, allow_absolute_paths
+        )
         video_row = {vid: r for r, vid in enumerate(video_ids)}
 
         # one row per (annotation, frame) where the object is present
@@ -215,7 +239,6 @@ class YouTubeVISDataset(Dataset):
                     f"{path}: {record} has {len(segs)} segmentations / {len(bbs)} bboxes for a "
                     f"video of {n} frames; there must be one entry (or null) per frame."
                 )
-            h, w = (int(x) for x in sizes[r])
             for f in range(n):
                 seg, box = segs[f], bbs[f]
                 if seg is None and box is None:
@@ -249,8 +272,11 @@ class YouTubeVISDataset(Dataset):
 
         if with_masks:
             keep &= store.kind != M.NONE
+            for problem, where in store.rle_problems().items():
+                count_records(self.skips, problem, np.flatnonzero(where & keep), describe)
+                keep &= ~where
             is_rle = (store.kind == M.RLE) | (store.kind == M.RLE_UNCOMPRESSED)
-            bad = np.flatnonzero(is_rle & (store.rle_size != hw).any(axis=1))
+            bad = np.flatnonzero(is_rle & keep & (store.rle_size != hw).any(axis=1))
             if len(bad):
                 j = bad[0]
                 raise DataError(
