@@ -377,14 +377,17 @@ def _args_for_lightning(expanded: list[str], given: bool) -> list[str] | None:
 
 
 def console_main() -> None:
-    """The ``lseg`` console script: runs the CLI; exit status 0 on success (a returned object
-    would be printed and exit with status 1), 1 with a one-paragraph message on the errors a
-    user can fix (bad data, missing weights or checkpoint, a diverged run)."""
-    from lightning_seg.data.io import DataError
+    """The ``lseg`` console script: runs the CLI, or one of ``lightning_seg.commands`` (``lseg
+    sweep``, ``lseg report``...); exit status 0 on success (a returned object would be printed and
+    exit with status 1), 1 with a one-paragraph message on the errors a user can fix (bad data,
+    missing weights or checkpoint, a diverged run)."""
+    from lightning_seg import commands
 
     try:
+        if len(sys.argv) > 1 and sys.argv[1] in commands.available():
+            sys.exit(commands.run(sys.argv[1], sys.argv[2:]))
         main()
-    except (UserError, DataError) as exc:
+    except UserError as exc:
         print(f"lseg: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lightning_seg.errors import UserError
+
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's default: a quarter GiB of RGB pixels (~9459 x 9459)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: the message names the file, the record and how to fix it."""
 
 

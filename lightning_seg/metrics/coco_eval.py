@@ -17,15 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from lightning_seg.constants import COCO_PERSON_KEYPOINT_SIGMAS
 from lightning_seg.metrics.boundary import rle_to_boundary_rle
 
 IOU_TYPES = ("bbox", "segm", "boundary", "keypoints")
 BACKENDS = ("faster_coco_eval", "pycocotools")
 #: OKS sigmas of the 17 COCO person keypoints (pycocotools' defaults).
-COCO_PERSON_SIGMAS = [
-    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-]  # fmt: skip
+COCO_PERSON_SIGMAS = COCO_PERSON_KEYPOINT_SIGMAS
 KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 #: IoU types evaluated on masks (RLE ``segmentation``).
 MASK_IOU_TYPES = ("segm", "boundary")

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_seg.constants import COCO_KEYPOINT_OFFSET
 from lightning_seg.metrics.coco_eval import MASK_IOU_TYPES
 from lightning_seg.metrics.rle import encode_masks
 from lightning_seg.structures import InstancePredictions
-from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
 
 
 def xywh(boxes: Tensor) -> list[list[float]]:

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_seg.constants import COCO_KEYPOINT_OFFSET
 from lightning_seg.data.io import DataError
 from lightning_seg.metrics._exact_sum import from_fixed, to_fixed
-from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
 
 __all__ = [
     "NME",

@@ -106,14 +106,20 @@ class SemanticPredictions(TensorStruct):
         """``Tensor[B, H, W]`` int64 arg-max class per pixel (padding included)."""
         return self.logits.argmax(1)
 
-    def original(self, i: int) -> Tensor:
-        """``Tensor[H_i, W_i]`` int64 label map of image ``i`` at its original size (the valid
-        region of the logits, bilinearly resized, then arg-max)."""
+    def original(self, i: int, max_bytes: int = 1 << 29) -> Tensor:
+        """``Tensor[H_i, W_i]`` int64 label map of image ``i`` at its original size: the valid
+        region of the logits bilinearly resized, then arg-max. When the resized logits would
+        exceed ``max_bytes`` (a huge image with many classes), the arg-max is taken first and the
+        labels are resized by nearest neighbour instead."""
         h, w = self.image_sizes[i]
+        size = tuple(int(v) for v in self.orig_sizes[i])
         logits = self.logits[i : i + 1, :, :h, :w]
-        if tuple(self.orig_sizes[i]) != (h, w):
-            logits = F.interpolate(logits.float(), size=tuple(self.orig_sizes[i]), mode="bilinear",
-                                   align_corners=False)
+        if size == (h, w):
+            return logits.argmax(1)[0]
+        if logits.shape[1] * size[0] * size[1] * 4 > max_bytes:
+            labels = logits.argmax(1, keepdim=True).float()
+            return F.interpolate(labels, size=size, mode="nearest")[0, 0].long()
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         return logits.argmax(1)[0]
 
 

@@ -13,11 +13,6 @@ from torch import Tensor
 
 from lightning_seg.structures.base import TensorStruct, per_image
 
-#: COCO JSON keypoints are pixel indices (pixel column ``j`` at ``x = j``); in memory they are
-#: in the continuous frame of boxes and masks (its centre at ``j + 0.5``), as detectron2:
-#: readers add this offset to labelled keypoints, writers to COCO JSON subtract it.
-COCO_KEYPOINT_OFFSET = 0.5
-
 
 @dataclass
 class InstanceTargets(TensorStruct):

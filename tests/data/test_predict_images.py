@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from lightning_seg.data.collate import Collate
 from lightning_seg.data.datamodules import CamVidDataModule, TransformedDataset
@@ -196,9 +195,11 @@ def test_predict_folder_through_the_datamodule(tmp_path):
     i = [m.file_name.endswith("z_large.png") for m in large.meta].index(True)
     assert large.image_sizes[i] == (36, 64) and large.meta[i].orig_size == (90, 160)
     # the semantic task maps its predictions back to the size on disk
+    from lightning_seg.models.detectors import UNet
     from lightning_seg.tasks.semantic import SemanticSegmentationTask
 
-    task = SemanticSegmentationTask(nn.Conv2d(3, dm.num_classes, 1), dm.num_classes).eval()
+    net = UNet(dm.num_classes, base_channels=4, depth=1)
+    task = SemanticSegmentationTask(net, dm.num_classes).eval()
     with torch.no_grad():
         labels = task.predict_step(large, 0)
     assert [tuple(x.shape) for x in labels] == [tuple(m.orig_size) for m in large.meta]

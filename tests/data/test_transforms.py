@@ -15,7 +15,13 @@ from lightning_seg.data.transforms import (
     is_reflection,
     train_transform,
 )
-from lightning_seg.structures import DatasetInfo, InstanceTargets, PanopticTargets, Sample, SampleMeta
+from lightning_seg.structures import (
+    DatasetInfo,
+    InstanceTargets,
+    PanopticTargets,
+    Sample,
+    SampleMeta,
+)
 
 H, W = 23, 37  # odd, unequal
 

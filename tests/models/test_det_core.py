@@ -214,8 +214,7 @@ def _rpn_pair(channels: int = 8, **kwargs):
     from torchvision.models.detection.rpn import RegionProposalNetwork
     from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
-    from lightning_seg.models.heads.anchors import AnchorGenerator
-    from lightning_seg.models.heads.rpn import RPN, RPNHead, rpn_key_map_from_torchvision
+    from lightning_seg.models.heads.rpn import RPN, rpn_key_map_from_torchvision
 
     cfg = dict(
         fg_iou_thresh=0.7,

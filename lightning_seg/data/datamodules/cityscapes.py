@@ -12,7 +12,13 @@ from torch.utils.data import Dataset
 
 from lightning_seg.data.datamodules.base import SegDataModule, describe_layout, require_dir
 from lightning_seg.data.io import DataError
-from lightning_seg.structures import DatasetInfo, InstanceTargets, PanopticTargets, Sample, SampleMeta
+from lightning_seg.structures import (
+    DatasetInfo,
+    InstanceTargets,
+    PanopticTargets,
+    Sample,
+    SampleMeta,
+)
 
 CITYSCAPES_LAYOUT = describe_layout(
     [
@@ -132,12 +138,18 @@ class CityscapesDataModule(SegDataModule):
         self.test_split = test_split
 
     def _build_info(self) -> DatasetInfo:
-        from lightning_seg.data.formats.cityscapes import cityscapes_instance_info, cityscapes_semantic_info
+        from lightning_seg.data.formats.cityscapes import (
+            cityscapes_instance_info,
+            cityscapes_semantic_info,
+        )
 
         return cityscapes_instance_info() if self.task == "instance" else cityscapes_semantic_info()
 
     def _build_dataset(self, split: str) -> Dataset:
-        from lightning_seg.data.formats.cityscapes import CityscapesInstanceDataset, cityscapes_semantic_dataset
+        from lightning_seg.data.formats.cityscapes import (
+            CityscapesInstanceDataset,
+            cityscapes_semantic_dataset,
+        )
 
         split = self.test_split if split == "test" else split
         require_dir(self.root / "leftImg8bit" / split, CITYSCAPES_LAYOUT)

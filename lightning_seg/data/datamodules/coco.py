@@ -15,13 +15,24 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-from lightning_seg.data.datamodules.base import SegDataModule, describe_layout, require_dir, require_file
+from lightning_seg.constants import (
+    COCO_NUM_STUFF,
+    COCO_NUM_THINGS,
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_KEYPOINT_SIGMAS,
+    LVIS_NUM_CLASSES,
+)
+from lightning_seg.data.datamodules.base import (
+    SegDataModule,
+    describe_layout,
+    require_dir,
+    require_file,
+)
 from lightning_seg.structures import DatasetInfo
 
 log = logging.getLogger("lightning_seg.data")
 
 CocoTask = Literal["instance", "keypoints", "panoptic"]
-COCO_NUM_THINGS, COCO_NUM_STUFF, LVIS_NUM_CLASSES = 80, 53, 1203
 _ANN_PREFIX = {"instance": "instances", "keypoints": "person_keypoints", "panoptic": "panoptic"}
 
 COCO_LAYOUT = describe_layout(
@@ -53,11 +64,7 @@ def read_categories(ann_file: Path) -> list[dict]:
 
 def coco_placeholder_info(task: str) -> DatasetInfo:
     """Standard COCO class / keypoint counts with generic names (no annotation file at hand)."""
-    from lightning_seg.data.formats.coco import (
-        COCO_PERSON_KEYPOINT_NAMES,
-        COCO_PERSON_KEYPOINT_SIGMAS,
-        keypoint_flip_map,
-    )
+    from lightning_seg.data.formats.coco import keypoint_flip_map
 
     if task == "keypoints":
         names = list(COCO_PERSON_KEYPOINT_NAMES)

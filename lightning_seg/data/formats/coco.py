@@ -78,24 +78,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_seg.constants import (  # noqa: F401 (re-exported)
+    COCO_KEYPOINT_OFFSET,
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_KEYPOINT_SIGMAS,
+)
 from lightning_seg.data.formats import masks as M
 from lightning_seg.data.formats.common import image_tensor, load_rgb, note_item
 from lightning_seg.data.formats.jsonio import DEFAULT_CHUNK_BYTES, load_json_chunked
 from lightning_seg.data.io import DataError, check_paths_under_root
 from lightning_seg.data.skips import SkipReport
 from lightning_seg.structures import DatasetInfo, InstanceTargets, Sample, SampleMeta
-from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
-
-# OKS sigmas of the 17 COCO person keypoints (cocodataset/cocoapi, cocoeval.py).
-COCO_PERSON_KEYPOINT_SIGMAS = [
-    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-]  # fmt: skip
-COCO_PERSON_KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-]  # fmt: skip
 
 CLIP_EPS = 1e-3  # boxes overshooting the image by less than this are clipped silently
 

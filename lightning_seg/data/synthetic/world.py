@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lightning_seg.constants import COCO_KEYPOINT_OFFSET
 from lightning_seg.data.io import DataError
 from lightning_seg.data.synthetic.categories import (
     GENERATOR_VERSION,
@@ -37,7 +38,6 @@ from lightning_seg.data.synthetic.scene import (
     sample_image_scene,
     sample_video_scenes,
 )
-from lightning_seg.structures.targets import COCO_KEYPOINT_OFFSET
 
 #: Split name -> code mixed into every item's random seed.
 SPLITS: dict[str, int] = {"train": 0, "val": 1}

@@ -58,6 +58,7 @@ class DeepLabV3(SemanticSegmentor):
         ignore_index: label of void pixels (filled from the dataset); for the default criterion.
         criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
         preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
+        inference_window, inference_stride: sliding-window inference (``SemanticSegmentor``).
 
     Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``; ``model.logits(images)``
     gives ``Tensor[B, K, H, W]`` logits for any H, W).
@@ -78,8 +79,11 @@ class DeepLabV3(SemanticSegmentor):
         ignore_index: int | None = None,
         criterion: nn.Module | None = None,
         preprocessor: ImagePreprocessor | None = None,
+        inference_window: Sequence[int] | None = None,
+        inference_stride: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
+                         inference_stride)
         num_classes = self.num_classes
         if in_feature not in backbone.out_channels:
             raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
@@ -127,6 +131,7 @@ class DeepLabV3Plus(SemanticSegmentor):
         ignore_index: label of void pixels (filled from the dataset); for the default criterion.
         criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
         preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
+        inference_window, inference_stride: sliding-window inference (``SemanticSegmentor``).
 
     Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``; ``model.logits(images)``
     gives ``Tensor[B, K, H, W]`` logits for any H, W).
@@ -150,8 +155,11 @@ class DeepLabV3Plus(SemanticSegmentor):
         ignore_index: int | None = None,
         criterion: nn.Module | None = None,
         preprocessor: ImagePreprocessor | None = None,
+        inference_window: Sequence[int] | None = None,
+        inference_stride: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
+                         inference_stride)
         num_classes = self.num_classes
         for name in (in_feature, low_level_feature):
             if name not in backbone.out_channels:

@@ -82,6 +82,7 @@ class FCN(SemanticSegmentor):
         ignore_index: label of void pixels (filled from the dataset); for the default criterion.
         criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
         preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
+        inference_window, inference_stride: sliding-window inference (``SemanticSegmentor``).
 
     Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``; ``model.logits(images)``
     gives ``Tensor[B, K, H, W]`` logits for any H, W).
@@ -101,8 +102,11 @@ class FCN(SemanticSegmentor):
         ignore_index: int | None = None,
         criterion: nn.Module | None = None,
         preprocessor: ImagePreprocessor | None = None,
+        inference_window: Sequence[int] | None = None,
+        inference_stride: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
+                         inference_stride)
         num_classes = self.num_classes
         if variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {list(_VARIANTS)}, got {variant!r}")

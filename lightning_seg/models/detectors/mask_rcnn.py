@@ -58,6 +58,10 @@ class MaskRCNN(nn.Module):
             ``predict(raw, image_sizes) -> list[Tensor[R_i, 4]]``.
         box_head: ``BoxRoIHead`` (or a head with the same API).
         mask_head: ``MaskRoIHead`` or a replacement (RefineMask); None for Faster R-CNN.
+        semantic_head: an optional dense head on the pyramid (RefineMask's foreground head,
+            UPSNet's semantic head): ``forward(features) -> raw``, ``loss(raw, batch) -> dict``
+            (its terms join the losses); a mask head with ``uses_semantic = True`` receives its
+            output as ``semantic=``.
         preprocessor: normalisation and padding; None: ImageNet mean/std, size divisibility
             32 (a 5-level FPN).
         mask_thresh: pasted mask probabilities ``>= mask_thresh`` are foreground (0.5).
@@ -85,6 +89,7 @@ class MaskRCNN(nn.Module):
         rpn: PartFactory,
         box_head: PartFactory,
         mask_head: PartFactory | None = None,
+        semantic_head: PartFactory | None = None,
         preprocessor: ImagePreprocessor | None = None,
         mask_thresh: float = 0.5,
         drop_crowd: bool = True,
@@ -97,6 +102,7 @@ class MaskRCNN(nn.Module):
         self.rpn = build_part(rpn, shapes)
         self.box_head = build_part(box_head, shapes)
         self.mask_head = None if mask_head is None else build_part(mask_head, shapes)
+        self.semantic_head = None if semantic_head is None else build_part(semantic_head, shapes)
         self.preprocessor = preprocessor or ImagePreprocessor(size_divisibility=32)
         self.mask_thresh = mask_thresh
         self.target_filter = TargetFilter(drop_crowd=drop_crowd, min_size=min_box_size)
@@ -113,34 +119,60 @@ class MaskRCNN(nn.Module):
         """Losses in training mode, predictions in eval mode (see the class docstring)."""
         image_sizes = [(int(h), int(w)) for h, w in batch.image_sizes]
         features = self.features(batch)
+        semantic = None if self.semantic_head is None else self.semantic_head(features)
+        if self.training:
+            return self.losses(features, semantic, batch, image_sizes)
+        detections, mask_probs = self.detect(features, semantic, image_sizes)
+        return self.postprocess(detections, mask_probs, batch.orig_sizes)
+
+    def losses(
+        self,
+        features: dict[str, Tensor],
+        semantic,
+        batch: Batch,
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        """Every loss term: RPN, box head, mask head and (when present) semantic head."""
+        if batch.instances is None:
+            raise ValueError(
+                f"{type(self).__name__} in training mode needs batch.instances (a DataModule "
+                f"with task='instance'), or call .eval() to predict"
+            )
+        targets = self.target_filter(batch.instances)
         rpn_raw = self.rpn(features, image_sizes)
         proposals = self.rpn.predict(rpn_raw, image_sizes)
+        losses = dict(self.rpn.loss(rpn_raw, targets))
+        box_raw = self.box_head(features, proposals, image_sizes, targets)
+        losses.update(self.box_head.loss(box_raw))
+        if self.semantic_head is not None:
+            losses.update(self.semantic_head.loss(semantic, batch))
+        if self.mask_head is not None:
+            rois, labels, matched_idxs = box_raw.positives()
+            mask_raw = self.mask_head(features, rois, labels, matched_idxs, **self._mask_extra(semantic))
+            losses.update(self.mask_head.loss(mask_raw, targets))
+        return losses
 
-        if self.training:
-            if batch.instances is None:
-                raise ValueError(
-                    "MaskRCNN in training mode needs batch.instances (a DataModule with "
-                    "task='instance'), or call .eval() to predict"
-                )
-            targets = self.target_filter(batch.instances)
-            losses = dict(self.rpn.loss(rpn_raw, targets))
-            box_raw = self.box_head(features, proposals, image_sizes, targets)
-            losses.update(self.box_head.loss(box_raw))
-            if self.mask_head is not None:
-                rois, labels, matched_idxs = box_raw.positives()
-                mask_raw = self.mask_head(features, rois, labels, matched_idxs)
-                losses.update(self.mask_head.loss(mask_raw, targets))
-            return losses
-
+    def detect(
+        self, features: dict[str, Tensor], semantic, image_sizes: Sequence[tuple[int, int]]
+    ) -> tuple[list[InstancePredictions], list[Tensor] | None]:
+        """Detections in the input frame and, with a mask head, their mask probabilities
+        (per image ``Tensor[N_i, 1, M, M]``, to paste into the boxes)."""
+        proposals = self.rpn.predict(self.rpn(features, image_sizes), image_sizes)
         box_raw = self.box_head(features, proposals, image_sizes)
         detections = self.box_head.predict(box_raw, image_sizes)
         mask_probs = None
         if self.mask_head is not None:
             mask_raw = self.mask_head(
-                features, [d.boxes for d in detections], [d.labels for d in detections]
+                features, [d.boxes for d in detections], [d.labels for d in detections],
+                **self._mask_extra(semantic),
             )
             mask_probs = self.mask_head.predict(mask_raw)
-        return self.postprocess(detections, mask_probs, batch.orig_sizes)
+        return detections, mask_probs
+
+    def _mask_extra(self, semantic) -> dict:
+        """What the mask head takes besides the RoIs: the semantic head's output for a mask head
+        that declares ``uses_semantic = True`` (RefineMask's fine-grained features)."""
+        return {"semantic": semantic} if getattr(self.mask_head, "uses_semantic", False) else {}
 
     def postprocess(
         self,

@@ -78,6 +78,7 @@ class UNet(SemanticSegmentor):
         ignore_index: label of void pixels (filled from the dataset); for the default criterion.
         criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
         preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
+        inference_window, inference_stride: sliding-window inference (``SemanticSegmentor``).
 
     Inputs / outputs: the ``SemanticSegmentor`` contract (``model(batch)``;
     ``model.logits(images)`` gives ``Tensor[B, K, H, W]`` logits, both variants).
@@ -98,8 +99,11 @@ class UNet(SemanticSegmentor):
         ignore_index: int | None = None,
         criterion: nn.Module | None = None,
         preprocessor: ImagePreprocessor | None = None,
+        inference_window: Sequence[int] | None = None,
+        inference_stride: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(num_classes, ignore_index, criterion, preprocessor)
+        super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
+                         inference_stride)
         num_classes = self.num_classes
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
