@@ -82,7 +82,7 @@ def command(*args: str, via_cli: bool = False) -> list[str]:
 
 def lseg(*args: str, timeout: float = 300, via_cli: bool = False, **env_vars) -> subprocess.CompletedProcess:
     return subprocess.run(command(*args, via_cli=via_cli), cwd=REPO, env=env(**env_vars),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def state_of(folder: Path) -> dict:
@@ -408,6 +408,14 @@ def test_distribution_kinds_are_inferred_as_wandb_does(tmp_path):
 def test_values_reach_lseg_unchanged(value):
     text = format_value(value)
     assert yaml.safe_load(text) == value and type(yaml.safe_load(text)) is type(value)
+
+
+def test_null_goes_through_an_inline_config():
+    """jsonargparse rejects ``--a.b=null`` for nested ``Sequence | None`` arguments; a config takes it."""
+    from lightning_seg.sweeps.spec import override_args
+
+    assert override_args({"x.init_args.rates": None, "trainer.max_epochs": 2, "experiment": "e.yaml"}) == [
+        "--config", '{"x":{"init_args":{"rates":null}}}', "--trainer.max_epochs=2"]
 
 
 def test_short_names_stay_unique():

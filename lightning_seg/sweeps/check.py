@@ -2,8 +2,8 @@
 config and every value type-checks, before any trial runs (``lseg sweep --dry-run``, and the test
 of every file in ``experiments/sweeps/``).
 
-Each value is parsed exactly as a trial passes it (``--name=value`` after ``--config
-EXPERIMENT``) by the parser ``lseg fit`` builds; nothing is instantiated, so no data or weights
+Each value is parsed exactly as a trial passes it (``--name=value``, or an inline ``--config``
+for ``null``, after ``--config EXPERIMENT``) by the parser ``lseg fit`` builds; nothing is instantiated, so no data or weights
 are needed. A value must also land where the name says: a path that jsonargparse accepted but
 that leaves the config unchanged is reported too.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from lightning_seg.sweeps.spec import EXPERIMENT_PARAM, Parameter, SweepSpec, format_value
+from lightning_seg.sweeps.spec import EXPERIMENT_PARAM, Parameter, SweepSpec, format_value, param_args
 
 _PARSER_CACHE: dict[str, Any] = {}
 
@@ -89,9 +89,8 @@ def check_sweep(spec: SweepSpec) -> list[str]:
 
 
 def _check_value(parser, base: list[str], name: str, value: Any) -> str | None:
-    arg = f"--{name}={format_value(value)}"
     try:
-        cfg = parser.parse_args([*base, arg])
+        cfg = parser.parse_args([*base, *param_args(name, value)])
     except Exception as exc:  # noqa: BLE001
         return _first_line(exc)
     try:

@@ -331,9 +331,21 @@ def _yaml_scalar(value: str) -> Any:
         return None
 
 
+def param_args(name: str, value: Any) -> list[str]:
+    """``lseg`` arguments setting one parameter: ``--name=value``, or for ``null`` an inline
+    ``--config`` holding it (jsonargparse does not take ``null`` for a nested argument on the
+    command line, e.g. ``aspp_rates: Sequence[int] | None``; from a config it does)."""
+    if value is None:
+        nested: Any = None
+        for part in reversed(name.split(".")):
+            nested = {part: nested}
+        return ["--config", json.dumps(nested, separators=(",", ":"))]
+    return [f"--{name}={format_value(value)}"]
+
+
 def override_args(params: dict[str, Any]) -> list[str]:
-    """``--name=value`` arguments of a trial's parameters (``experiment`` is not one)."""
-    return [f"--{name}={format_value(value)}" for name, value in params.items() if name != EXPERIMENT_PARAM]
+    """``lseg`` arguments of a trial's parameters, in order (``experiment`` is not one)."""
+    return [arg for name, value in params.items() if name != EXPERIMENT_PARAM for arg in param_args(name, value)]
 
 
 def trial_experiment(spec: SweepSpec, params: dict[str, Any]) -> str:
