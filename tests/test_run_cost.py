@@ -106,3 +106,12 @@ def test_per_class_values_pick_the_class_entries():
     assert columns == ["IoU", "segm/AP", "bbox/AP"]
     assert table == {"sky": {"IoU": 0.9}, "water": {"IoU": 0.5}, "person": {"segm/AP": 0.3, "bbox/AP": 0.35},
                      "car": {"bbox/AP": 0.1}}
+
+
+def test_run_summary_line():
+    from lightning_seg.callbacks.predictions import describe_cost
+
+    assert describe_cost({"cost/params": 11.2e6, "cost/flops": 3.41e9, "cost/input_height": 128.0,
+                          "cost/input_width": 160.0, "cost/latency_ms": 12.34, "cost/train_step_ms": 345.0}) == (
+        "11.2 M params, 3.41 GFLOPs/image at 128x160, latency 12.3 ms, train step 345 ms")
+    assert describe_cost({"cost/params": 8.0}) == "8e-06 M params"

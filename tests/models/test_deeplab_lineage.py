@@ -23,8 +23,8 @@ TINY = (8, 16, 16, 32, 32)
 
 
 def tiny_largefov(**kw) -> VGGBackbone:
-    args = dict(stage_channels=TINY, out_features=("fc7",), output_stride=8, pool_kernel_size=3,
-                fc6_kernel_size=3, fc6_dilation=12, fc_channels=16)
+    args = {"stage_channels": TINY, "out_features": ("fc7",), "output_stride": 8, "pool_kernel_size": 3,
+            "fc6_kernel_size": 3, "fc6_dilation": 12, "fc_channels": 16}
     return VGGBackbone(**(args | kw))
 
 
