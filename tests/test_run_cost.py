@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -61,7 +62,7 @@ def test_every_run_logs_its_cost(fitted):
     assert (cost.measured["cost/input_height"], cost.measured["cost/input_width"]) == (32, 48)
     assert cost.measured["cost/latency_ms"] > 0 and cost.measured["cost/latency_images"] == 1
     assert len(cost.step_ms) == 3 and cost.measured["cost/train_step_ms"] > 0
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
     logged = {k: float(v) for row in rows for k, v in row.items() if k.startswith("cost/") and v}
     assert logged == pytest.approx(cost.measured)
 

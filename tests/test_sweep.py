@@ -483,3 +483,57 @@ def test_gp_interpolates_what_it_saw():
     assert np.allclose(mu * gp.std + gp.mean, y, atol=0.05) and (sd < 0.2).all()
     assert search.expected_improvement(np.array([0.0]), np.array([1.0]), 0.0, xi=0.0)[0] == pytest.approx(
         1 / math.sqrt(2 * math.pi))
+
+
+# ------------------------------------------------------------------ the report from the W&B API, dry run
+class _FakeRun:
+    def __init__(self, name, variant, scores, state="finished"):
+        self.name, self.state = name, state
+        self.config = {"model.init_args.model.init_args.variant": variant,
+                       "model": {"init_args": {"model": {"init_args": {"variant": variant}}}}}
+        self._rows = [{"val/score": s, "epoch": i, "trainer/global_step": 10 * i} for i, s in enumerate(scores)]
+        self.summary = {"val/score": scores[-1], "val/pixel_acc": 0.9, "cost/params": 1e6, "cost/flops": 2e9,
+                        "cost/latency_ms": 5.0, "cost/train_step_ms": 50.0, "_runtime": 3}
+
+    def scan_history(self, keys):
+        return [{k: r[k] for k in keys if k in r} for r in self._rows]
+
+
+class _FakeApi:
+    def __init__(self):
+        self.runs_ = [_FakeRun("a", "32s", [0.2, 0.4]), _FakeRun("b", "8s", [0.3, 0.6, 0.5]),
+                      _FakeRun("c", "16s", [0.1], state="crashed")]
+
+    def sweep(self, path):
+        assert path == "team/proj/abc"
+        return type("Sweep", (), {"runs": self.runs_, "config": {"parameters": {
+            "model.init_args.model.init_args.variant": {"values": ["32s", "16s", "8s"]}}}})()
+
+
+def test_report_reads_a_wandb_sweep(tmp_path):
+    from lightning_seg.report import make_report
+
+    report = make_report(wandb_path="team/proj/abc", out=tmp_path, wandb_api=_FakeApi(), plots=False)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "report.csv").read_text())))
+    assert [(r["run"], r["status"], r["variant"]) for r in rows] == [
+        ("a", "finished", "32s"), ("b", "finished", "8s"), ("c", "failed", "16s")]
+    assert [float(r["val/score best"]) for r in rows] == [0.4, 0.6, 0.1]
+    assert [float(r["val/score final"]) for r in rows] == [0.4, 0.5, 0.1]
+    assert rows[1]["best epoch"] == "1" and float(rows[1]["GFLOPs/img"]) == 2e9
+    assert report.table.best_row == 1
+
+
+def test_dry_run_checks_and_lists_the_trials(tiny_experiment, tmp_path, capsys, monkeypatch):
+    from lightning_seg.commands import sweep
+
+    monkeypatch.chdir(REPO)
+    path = write_sweep(tmp_path, tiny_experiment, {f"{UNET}.base_channels": {"values": [4, 8]},
+                                                   "trainer.max_steps": {"value": 1}})
+    assert sweep.main([str(path), "--dry-run", "--dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "every value parses" in out
+    assert f"t000: lseg fit --config {tiny_experiment}" in out and f"--{UNET}.base_channels=8" in out
+    assert not (tmp_path / "d").exists()  # nothing ran
+    bad = write_sweep(tmp_path, tiny_experiment, {f"{UNET}.base_chanels": {"values": [4]}})
+    with pytest.raises(SweepError, match="do not parse"):
+        sweep.main([str(bad), "--dry-run"])
