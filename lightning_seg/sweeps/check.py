@@ -15,7 +15,13 @@ from typing import Any
 
 import yaml
 
-from lightning_seg.sweeps.spec import EXPERIMENT_PARAM, Parameter, SweepSpec, format_value, param_args
+from lightning_seg.sweeps.spec import (
+    EXPERIMENT_PARAM,
+    Parameter,
+    SweepSpec,
+    format_value,
+    param_args,
+)
 
 _PARSER_CACHE: dict[str, Any] = {}
 
