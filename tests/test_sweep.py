@@ -274,6 +274,10 @@ def test_failing_trial_is_recorded_and_the_others_complete(tiny_experiment, tmp_
     # a resume leaves the failure alone; --retry-failed runs it again
     again = lseg("sweep", str(sweep), "--dir", str(tmp_path / "sweep"))
     assert "t000 started" not in again.stdout and state_of(tmp_path / "sweep")["trials"][0]["attempts"] == 1
+    again = lseg("sweep", str(sweep), "--dir", str(tmp_path / "sweep"), "--retry-failed")
+    trials = state_of(tmp_path / "sweep")["trials"]
+    assert "t000 started" in again.stdout and "t001 started" not in again.stdout
+    assert trials[0]["attempts"] == 2 and trials[0]["status"] == "failed" and trials[1]["attempts"] == 1
 
 
 def test_a_changed_sweep_file_does_not_reuse_the_folder(tiny_experiment, tmp_path, monkeypatch):
