@@ -290,6 +290,10 @@ def test_a_changed_sweep_file_does_not_reuse_the_folder(tiny_experiment, tmp_pat
     save_state(tmp_path / "s", SweepState(str(sweep), "x", None, "grid", {}, "0123456789abcdef", 0, str(REPO)))
     with pytest.raises(SweepError, match="holds another sweep"):
         LocalSweep(spec, RunOptions(folder=tmp_path / "s")).run()
+    save_state(tmp_path / "t", SweepState(str(sweep), "x", None, "grid", {}, spec.fingerprint(), 0, str(REPO),
+                                          extra_args=["--trainer.max_epochs", "2"]))
+    with pytest.raises(SweepError, match="resume with the same"):
+        LocalSweep(spec, RunOptions(folder=tmp_path / "t", extra_args=["--trainer.max_epochs", "3"])).run()
 
 
 # ------------------------------------------------------------------ W&B, offline

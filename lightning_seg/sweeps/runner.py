@@ -294,6 +294,7 @@ class LocalSweep:
                 method=self.spec.method,
                 metric={"name": self.spec.metric.name, "goal": self.spec.metric.goal},
                 fingerprint=fingerprint, seed=self.options.seed, root=str(self.spec.root),
+                extra_args=list(self.options.extra_args),
             )
             self.folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.spec.path, self.folder / "sweep.yaml")
@@ -302,6 +303,11 @@ class LocalSweep:
                 f"{self.folder} holds another sweep ({state.sweep_file}: its experiment, method, "
                 f"metric or parameters differ from {self.spec.path} now); give this sweep its "
                 f"own folder with --dir, or delete {self.folder} to start again"
+            )
+        elif state.extra_args != list(self.options.extra_args):
+            raise SweepError(
+                f"{self.folder} was started with the trial arguments {state.extra_args} after '--', "
+                f"now {list(self.options.extra_args)}: resume with the same ones, or use another --dir"
             )
         return state
 

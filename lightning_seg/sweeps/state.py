@@ -85,6 +85,7 @@ class SweepState:
     seed: int
     root: str
     trials: list[Trial] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
     version: int = STATE_VERSION
 
     def trial(self, trial_id: str) -> Trial:
