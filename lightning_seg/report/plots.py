@@ -93,6 +93,10 @@ def plot_curves(records: Sequence[RunRecord], params: Sequence[str], metric: Met
         xs = [(p.epoch + 1) if use_epoch else p.step for p in pts]
         label = r.name + (": " + ", ".join(f"{names[n]}={_label(r.params.get(n))}" for n in params) if params else "")
         ax.plot(xs, [p.value for p in pts], marker="o" if len(pts) < 30 else None, markersize=3, label=label)
+    if use_epoch:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch" if use_epoch else "step")
     ax.set_ylabel(metric.name)
     ax.set_title(f"validation {metric.name}")
