@@ -179,6 +179,9 @@ def test_report_of_the_grid(grid_sweep):
     assert md.count("\n| t0") == 4 and "| base_channels | lr |" in md
     best = max(state["trials"], key=lambda t: t["result"]["best"])
     assert f"**{best['result']['best']:.4f}**" in md
+    for width in (4, 8):  # the mean over the two learning rates of each width
+        scores = [t["result"]["best"] for t in state["trials"] if t["params"][f"{UNET}.base_channels"] == width]
+        assert f"| {width} | {sum(scores) / 2:.4f} |" in md
     # the HTML page renders: its table holds the same rows, its plots are real PNGs
     page = TableParser()
     page.feed((report / "report.html").read_text())

@@ -8,11 +8,12 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning_seg.report.table import Table, to_html_table
+from lightning_seg.report.table import Table, means_to_html, to_html_table
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; font-size: 14px; }
+table.means { display: inline-table; margin: 0 1.5em 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; }
 th { background: #f0f0f0; }
 td.metric, td.cost { text-align: right; font-variant-numeric: tabular-nums; }
@@ -41,6 +42,9 @@ def render_html(title: str, table: Table, plots: Sequence[Path], facts: dict[str
         parts.append("<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
                                       for k, v in facts.items()) + "</dl>")
     parts.append(to_html_table(table))
+    if table.means:
+        parts.append(f"<h2>Mean of {html.escape(table.metric.name)} best by parameter value</h2>")
+        parts.append(means_to_html(table))
     if table.errors:
         parts.append("<h2>Failed runs</h2>\n<ul>" + "".join(
             f"<li><b>{html.escape(n)}</b>: {html.escape(e)}</li>" for n, e in table.errors) + "</ul>")

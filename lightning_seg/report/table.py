@@ -12,8 +12,9 @@ import csv
 import html
 import io
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,30 @@ class Column:
 
 
 @dataclass
+class Means:
+    """The headline metric's best values averaged over the runs that share a parameter value
+    (a parameter's main effect; over seeds when the other parameter is ``seed_everything``).
+
+    Attributes:
+        param: the parameter's column name.
+        rows: ``(value, mean, standard deviation, number of runs)`` per value, in sweep order.
+    """
+
+    param: str
+    rows: list[tuple[str, float, float, int]]
+
+
+@dataclass
 class Table:
-    """Columns, raw rows and the index of the best row (None without any result)."""
+    """Columns, raw rows, the index of the best row (None without any result), and the means
+    per parameter value when some value has several runs."""
 
     columns: list[Column]
     rows: list[list[Any]]
     best_row: int | None
     metric: Metric
     errors: list[tuple[str, str]]
+    means: list[Means] = field(default_factory=list)
 
     @property
     def titles(self) -> list[str]:
@@ -116,7 +133,25 @@ def build_table(records: Sequence[RunRecord], param_names: Sequence[str], metric
             best_row, best_value = i, best.value
         if r.error and r.status != "finished":
             errors.append((r.name, r.error))
-    return Table(columns, rows, best_row, metric, errors)
+    return Table(columns, rows, best_row, metric, errors, parameter_means(records, param_names, metric))
+
+
+def parameter_means(records: Sequence[RunRecord], param_names: Sequence[str], metric: Metric) -> list[Means]:
+    """``Means`` of every parameter of which some value has two runs or more with a result."""
+    names = short_names(list(param_names))
+    out = []
+    for name in param_names:
+        groups: dict[str, list[float]] = {}
+        for r in records:
+            best = r.best(metric)
+            if best is not None and name in r.params:
+                groups.setdefault(format_value(r.params[name]), []).append(best.value)
+        if len(groups) < 2 or max(len(v) for v in groups.values()) < 2:
+            continue
+        rows = [(value, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+                for value, v in groups.items()]
+        out.append(Means(names[name], rows))
+    return out
 
 
 def to_markdown(table: Table) -> str:
@@ -131,6 +166,10 @@ def to_markdown(table: Table) -> str:
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in cells]
     for name, error in table.errors:
         lines.append(f"\n{name}: {error}")
+    for means in table.means:
+        lines += ["", f"Mean of `{table.metric.name}` best by {means.param}:", "",
+                  f"| {_md(means.param)} | mean | std | runs |", "|---|---:|---:|---:|"]
+        lines += [f"| {_md(v)} | {m:.4f} | {s:.4f} | {n} |" for v, m, s, n in means.rows]
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +204,18 @@ def to_html_table(table: Table) -> str:
         )
         body.append(f"<tr{attr}>{tds}</tr>")
     return f'<table id="report">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body) + "\n</tbody>\n</table>"
+
+
+def means_to_html(table: Table) -> str:
+    """The ``Means`` as small HTML tables (``class="means"``)."""
+    parts = []
+    for means in table.means:
+        rows = "".join(f'<tr><td>{html.escape(v)}</td><td class="metric">{m:.4f}</td>'
+                       f'<td class="metric">{s:.4f}</td><td class="metric">{n}</td></tr>'
+                       for v, m, s, n in means.rows)
+        parts.append(f'<table class="means"><thead><tr><th>{html.escape(means.param)}</th><th>mean</th>'
+                     f"<th>std</th><th>runs</th></tr></thead><tbody>{rows}</tbody></table>")
+    return "\n".join(parts)
 
 
 def write_tables(table: Table, folder: Path) -> dict[str, Path]:
