@@ -157,7 +157,7 @@ def read_config(run_dir: Path) -> dict | None:
 
 
 #: keys that always differ between runs and say nothing about the model
-_VOLATILE = ("trainer.logger", "trainer.default_root_dir", "ckpt_path", "seed_everything",
+_VOLATILE = ("trainer.logger", "trainer.default_root_dir", "ckpt_path",
              "data.init_args.root", "trainer.callbacks")
 
 
