@@ -80,19 +80,28 @@ def plot_metric_vs_param(records: Sequence[RunRecord], param: str, others: Seque
 
 
 def plot_curves(records: Sequence[RunRecord], params: Sequence[str], metric: Metric, path: Path) -> Path | None:
-    """``metric`` over epochs (or steps) of every run, overlaid."""
+    """``metric`` over epochs (or steps) of every run, overlaid: one colour per value of the first
+    parameter, one line style per combination of the others."""
     names = short_names(list(params)) if params else {}
     curves = [(r, r.history.get(metric.name, [])) for r in records]
     curves = [(r, pts) for r, pts in curves if pts]
     if not curves:
         return None
     use_epoch = all(p.epoch is not None for _, pts in curves for p in pts)
-    fig = _figure()
+    first, rest = (params[0], list(params[1:])) if params else (None, [])
+    colours: dict[str, str] = {}
+    styles: dict[str, str] = {}
+    fig = _figure(8.0, 4.0)
     ax = fig.subplots()
-    for r, pts in curves:
+    for i, (r, pts) in enumerate(curves):
         xs = [(p.epoch + 1) if use_epoch else p.step for p in pts]
         label = r.name + (": " + ", ".join(f"{names[n]}={_label(r.params.get(n))}" for n in params) if params else "")
-        ax.plot(xs, [p.value for p in pts], marker="o" if len(pts) < 30 else None, markersize=3, label=label)
+        key = _label(r.params.get(first)) if first else str(i)
+        colour = colours.setdefault(key, f"C{len(colours) % 10}")
+        style = styles.setdefault(", ".join(_label(r.params.get(n)) for n in rest),
+                                  ("-", "--", ":", "-.")[len(styles) % 4])
+        ax.plot(xs, [p.value for p in pts], marker="o" if len(pts) < 30 else None, markersize=3, label=label,
+                color=colour, linestyle=style)
     if use_epoch:
         from matplotlib.ticker import MaxNLocator
 
@@ -101,7 +110,7 @@ def plot_curves(records: Sequence[RunRecord], params: Sequence[str], metric: Met
     ax.set_ylabel(metric.name)
     ax.set_title(f"validation {metric.name}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.savefig(path)
     return path
 
