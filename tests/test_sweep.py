@@ -548,3 +548,19 @@ def test_dry_run_checks_and_lists_the_trials(tiny_experiment, tmp_path, capsys, 
     bad = write_sweep(tmp_path, tiny_experiment, {f"{UNET}.base_chanels": {"values": [4]}})
     with pytest.raises(SweepError, match="do not parse"):
         sweep.main([str(bad), "--dry-run"])
+
+
+def test_wandb_backend_needs_the_server(tiny_experiment, tmp_path, monkeypatch):
+    from lightning_seg.sweeps.runner import WandbOptions
+    from lightning_seg.sweeps.wandb_backend import create_wandb_sweep
+
+    spec = load_sweep(write_sweep(tmp_path, tiny_experiment, {f"{UNET}.depth": {"values": [1, 2]}}), root=REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(SweepError, match="local backend"):
+        create_wandb_sweep(spec, WandbOptions(), [])
+
+    def refused(config, project, entity):
+        raise PermissionError("api_key not configured")
+
+    with pytest.raises(SweepError, match="wandb login"):
+        create_wandb_sweep(spec, WandbOptions(), [], sweep_fn=refused)

@@ -76,8 +76,20 @@ def create_wandb_sweep(spec: SweepSpec, options: WandbOptions, extra_args: list[
     import wandb
 
     config = wandb_sweep_config(spec, options, extra_args, folder)
-    sweep_fn = sweep_fn or wandb.sweep
-    sweep_id = sweep_fn(config, project=options.project, entity=options.entity)
+    if sweep_fn is None:
+        mode = os.environ.get("WANDB_MODE", "online")
+        if mode in ("offline", "disabled", "dryrun"):
+            raise SweepError(f"WANDB_MODE={mode}: a W&B sweep lives on the W&B server; unset WANDB_MODE "
+                             f"(and log in), or run the sweep here with the local backend (--wandb logs "
+                             f"its trials to W&B, offline too)")
+        sweep_fn = wandb.sweep
+    try:
+        sweep_id = sweep_fn(config, project=options.project, entity=options.entity)
+    except SweepError:
+        raise
+    except Exception as exc:
+        raise SweepError(f"W&B could not create the sweep ({type(exc).__name__}: {exc}); log in with "
+                         f"'wandb login' (or set WANDB_API_KEY) and check --project / --entity") from exc
     entity = options.entity
     if entity is None and sweep_fn is wandb.sweep:
         entity = wandb.Api().default_entity
