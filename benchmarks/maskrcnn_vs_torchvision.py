@@ -1,6 +1,7 @@
 """Speed of our Mask R-CNN R50-FPN against torchvision's ``maskrcnn_resnet50_fpn``.
 
-Both models are built with the same settings (our torchvision-compat preset), ours receives
+Both models are built with the same settings (ours from ``experiments/models/mask_rcnn_r50_fpn.yaml``
+with torchvision's choices as overrides: ``aligned=False``, trainable BatchNorm), ours receives
 torchvision's weights, and both run on identical batches, interleaved step by step (the
 order alternates) so that machine load affects both alike. Reported: median training step
 time (forward + backward + SGD step) and median inference time, and their ratios
@@ -20,15 +21,33 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from lightning_seg.models.detectors.mask_rcnn import (
-    load_torchvision_maskrcnn,
-    mask_rcnn_r50_fpn_torchvision_compat,
-)
-from lightning_seg.structures import InstanceTargets
+from lightning_seg.cli import build_experiment
+from lightning_seg.models.detectors.mask_rcnn import load_torchvision_maskrcnn
+from lightning_seg.structures import Batch, InstanceTargets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchvision_compat_network(args: argparse.Namespace) -> torch.nn.Module:
+    """The network of ``experiments/models/mask_rcnn_r50_fpn.yaml`` configured as torchvision's
+    ``maskrcnn_resnet50_fpn`` without pretrained weights: ``aligned=False`` RoIAlign, trainable
+    BatchNorm, every stage trained; the detection score threshold of the benchmark."""
+    net = "--model.init_args.model.init_args"
+    task, _ = build_experiment(
+        REPO / "experiments" / "mask_rcnn_r50_fpn_coco_1x.yaml",
+        f"{net}.backbone.init_args.weights=null", f"{net}.backbone.init_args.frozen_bn=false",
+        f"{net}.backbone.init_args.freeze_at=0", f"{net}.box_head.init_args.aligned=false",
+        f"{net}.mask_head.init_args.aligned=false", f"{net}.mask_head.init_args.target_aligned=false",
+        f"{net}.box_head.init_args.score_thresh={args.score_thresh}",
+    )
+    if task.num_classes != args.num_classes:
+        raise ValueError(f"--num-classes must be {task.num_classes} (COCO's, as the experiment)")
+    return task.model
 
 
 def make_batch(batch: int, size: int, num_classes: int, num_instances: int, seed: int):
@@ -77,9 +96,7 @@ def main() -> None:
         weights=None, weights_backbone=None, num_classes=args.num_classes + 1,
         min_size=args.size, max_size=args.size, box_score_thresh=args.score_thresh,
     )
-    ours = mask_rcnn_r50_fpn_torchvision_compat(
-        args.num_classes, box_head_kwargs={"score_thresh": args.score_thresh}
-    )
+    ours = torchvision_compat_network(args)
     load_torchvision_maskrcnn(ours, tv.state_dict())
     tv.to(device)
     ours.to(device)
@@ -88,6 +105,7 @@ def main() -> None:
     images = images.to(device)
     targets = [t.to(device) for t in targets]
     sizes = [(args.size, args.size)] * args.batch
+    batch = Batch.from_images(images, targets, image_sizes=sizes)
     tv_images = list(images)
     tv_targets = [
         {"boxes": t.boxes, "labels": t.labels + 1, "masks": t.masks.to(torch.uint8)}
@@ -97,7 +115,7 @@ def main() -> None:
     opt_tv = torch.optim.SGD(tv.parameters(), lr=1e-3, momentum=0.9)
 
     def train_ours() -> None:
-        loss = sum(ours(images, sizes, targets).values())
+        loss = sum(ours(batch).values())
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
@@ -110,7 +128,7 @@ def main() -> None:
 
     @torch.no_grad()
     def infer_ours() -> None:
-        ours(images, sizes)
+        ours(batch)
 
     @torch.no_grad()
     def infer_tv() -> None:
@@ -139,7 +157,7 @@ def main() -> None:
     ours.eval(), tv.eval()
     infer_ours_s, infer_tv_s = run(infer_ours, infer_tv)
     with torch.no_grad():
-        num_dets = [len(p) for p in ours(images, sizes)]
+        num_dets = [len(p) for p in ours(batch)]
 
     result = {
         "benchmark": "maskrcnn_vs_torchvision",
