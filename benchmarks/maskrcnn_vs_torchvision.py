@@ -72,6 +72,63 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@torch.no_grad()
+def stage_times(ours, tv, batch, tv_images, args, timed) -> dict[str, dict[str, float]]:
+    """Median time of each inference stage of both models (``--steps`` runs, interleaved).
+
+    Stages: backbone + FPN (with each model's normalisation / batching), RPN (proposals), RoI
+    heads (box head, per-class NMS, mask head), mask pasting into the image.
+    """
+    ours.eval(), tv.eval()
+    sizes = [tuple(s) for s in batch.image_sizes]
+    state: dict = {}
+
+    def ours_stages():
+        def features():
+            state["f"] = ours.features(batch)
+
+        def rpn():
+            state["p"] = ours.rpn.predict(ours.rpn(state["f"], sizes), sizes)
+
+        def heads():
+            box_raw = ours.box_head(state["f"], state["p"], sizes)
+            state["d"] = ours.box_head.predict(box_raw, sizes)
+            raw = ours.mask_head(state["f"], [d.boxes for d in state["d"]], [d.labels for d in state["d"]])
+            state["m"] = ours.mask_head.predict(raw)
+
+        def paste():
+            ours.postprocess(state["d"], state["m"], batch.orig_sizes)
+
+        return {"backbone_fpn": features, "rpn": rpn, "roi_heads": heads, "paste": paste}
+
+    def tv_stages():
+        def features():
+            state["ti"], _ = tv.transform(tv_images)
+            state["tf"] = tv.backbone(state["ti"].tensors)
+
+        def rpn():
+            state["tp"], _ = tv.rpn(state["ti"], state["tf"])
+
+        def heads():
+            state["td"], _ = tv.roi_heads(state["tf"], state["tp"], state["ti"].image_sizes)
+
+        def paste():
+            tv.transform.postprocess(state["td"], state["ti"].image_sizes, [tuple(s) for s in sizes])
+
+        return {"backbone_fpn": features, "rpn": rpn, "roi_heads": heads, "paste": paste}
+
+    ours_fns, tv_fns = ours_stages(), tv_stages()
+    times = {name: {"ours": [], "torchvision": []} for name in ours_fns}
+    for step in range(args.warmup + args.steps):
+        order = (("ours", ours_fns), ("torchvision", tv_fns))
+        for side, fns in order if step % 2 == 0 else order[::-1]:
+            for name, fn in fns.items():  # stages in order: each feeds the next
+                elapsed = timed(fn)
+                if step >= args.warmup:
+                    times[name][side].append(elapsed)
+    return {name: {side: round(statistics.median(v), 4) for side, v in t.items()} for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=320, help="square image side")
@@ -87,6 +144,9 @@ def main() -> None:
         "branch never runs; 0 keeps the top 100 per image, as a trained model would.",
     )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast for both models")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time each inference stage of both models (backbone + FPN, RPN, "
+                        "RoI heads, mask pasting)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -158,6 +218,7 @@ def main() -> None:
     infer_ours_s, infer_tv_s = run(infer_ours, infer_tv)
     with torch.no_grad():
         num_dets = [len(p) for p in ours(batch)]
+    stages = stage_times(ours, tv, batch, tv_images, args, timed) if args.stages else None
 
     result = {
         "benchmark": "maskrcnn_vs_torchvision",
@@ -173,6 +234,7 @@ def main() -> None:
         "torchvision_train_step_s": round(train_tv_s, 4),
         "ours_infer_s": round(infer_ours_s, 4),
         "torchvision_infer_s": round(infer_tv_s, 4),
+        **({"stages_s": stages} if stages else {}),
         "train_step_ratio": round(train_ours_s / train_tv_s, 3),
         "infer_ratio": round(infer_ours_s / infer_tv_s, 3),
     }
