@@ -407,7 +407,11 @@ def build_experiment(config: str | os.PathLike, *overrides: str):
         task, data = build_experiment("experiments/deeplabv3plus_r50_camvid_80e.yaml",
                                       "--model.init_args.model.init_args.backbone.init_args.weights=null")
     """
-    cli = main(["--config", str(config), *overrides], run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the caller's own arguments are not lseg's
+    try:
+        cli = main(["--config", str(config), *overrides], run=False)
+    finally:
+        sys.argv = argv
     return cli.model, cli.datamodule
 
 
