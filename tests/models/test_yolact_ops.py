@@ -91,7 +91,7 @@ def test_fast_nms_edge_cases():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_cross_class_fast_nms(seed):
-    boxes, scores, g = random_boxes(80, seed)
+    boxes, scores, _ = random_boxes(80, seed)
     expected = reference_fast_nms(boxes, scores, torch.zeros(80, dtype=torch.int64), 0.5, 30)
     assert torch.equal(cross_class_fast_nms(boxes, scores, 0.5, top_k=30), expected)
 
