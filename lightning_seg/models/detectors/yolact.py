@@ -75,8 +75,8 @@ class Yolact(nn.Module):
 
         backbone(images)        -> {"c3", "c4", "c5"}          backbone.output_shape()
         neck(backbone shapes)   -> FPN P3..P7                  neck.output_shape()
-        protonet(neck shapes)   -> ProtoNet: k prototypes at stride 4
-        head(neck shapes)       -> YolactHead: boxes, classes, coefficients; num_classes from data
+        protonet(neck shapes)   -> ProtoNet: k prototypes at stride 4   {"protos": ShapeSpec(k, 4)}
+        head(neck + protonet shapes) -> YolactHead: boxes, classes, k coefficients; num_classes from data
         semantic_head(shapes)   -> YolactSemanticHead or None (training only)
         mask_iou_head           -> MaskIoUHead or None (YOLACT++ mask re-scoring)
 
@@ -134,7 +134,7 @@ class Yolact(nn.Module):
         self.neck = build_part(neck, backbone.output_shape())
         shapes = self.neck.output_shape()
         self.protonet = build_part(protonet, shapes)
-        self.head = build_part(head, shapes)
+        self.head = build_part(head, {**shapes, **self.protonet.output_shape()})
         self.semantic_head = None if semantic_head is None else build_part(semantic_head, shapes)
         self.mask_iou_head = mask_iou_head
         if self.protonet.num_prototypes != self.head.num_prototypes:
@@ -295,8 +295,7 @@ def yolact_resnet_fpn(
                      num_extra_levels=2, upsample_mode="bilinear", output_relu=True, init="xavier_uniform"),
         protonet=partial(ProtoNet, num_prototypes=num_prototypes, channels=fpn_channels,
                          masks_to_train=masks_to_train or (300 if input_size >= 700 else 100)),
-        head=partial(YolactHead, num_classes=num_classes, anchors=anchors, num_prototypes=num_prototypes,
-                     channels=fpn_channels),
+        head=partial(YolactHead, num_classes=num_classes, anchors=anchors, channels=fpn_channels),
         semantic_head=partial(YolactSemanticHead, num_classes=num_classes) if with_semantic else None,
         mask_iou_head=MaskIoUHead(num_classes) if plus else None,
         **options,

@@ -190,7 +190,9 @@ class YolactHead(nn.Module):
         num_classes: ``K`` object classes (a dataset fact).
         in_features: levels the head runs on (P3..P7).
         anchors: the anchor generator (its scales give the number of levels and ``A``).
-        num_prototypes: ``P``, the protonet's output channels (32).
+        num_prototypes: ``P`` coefficients per anchor; None: the channels of the ``"protos"``
+            entry of ``input_shape`` (``Yolact`` adds the protonet's shape there, so that a
+            sweep over ``k`` sets the protonet alone).
         channels: width of ``upfeature`` (256).
         matcher: anchor assignment (IoU 0.5 / 0.4, crowd 0.7).
         box_coder: SSD coding with variances (0.1, 0.2).
@@ -207,7 +209,7 @@ class YolactHead(nn.Module):
         num_classes: int | None = None,
         in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
         anchors: YolactAnchors | None = None,
-        num_prototypes: int = 32,
+        num_prototypes: int | None = None,
         channels: int = 256,
         matcher: YolactMatcher | None = None,
         box_coder: SSDBoxCoder | None = None,
@@ -231,6 +233,10 @@ class YolactHead(nn.Module):
                 f"{len(self.anchors.scales)} anchor levels for {len(self.in_features)} in_features"
             )
         a = self.anchors.num_anchors
+        if num_prototypes is None:
+            if "protos" not in input_shape:
+                raise ValueError("YolactHead needs num_prototypes (or a 'protos' entry in input_shape)")
+            num_prototypes = input_shape["protos"].channels
         self.num_prototypes = num_prototypes
         self.upfeature = nn.Sequential(nn.Conv2d(widths.pop(), channels, 3, padding=1), nn.ReLU())
         self.box_layer = nn.Conv2d(channels, a * 4, 3, padding=1)
