@@ -20,7 +20,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from test_yolact import TINY_YOLACT_YAML, tiny_yolact
 
-from lightning_seg.commands.export import ExportError, SemanticExport, YolactExport, export, export_module
+from lightning_seg.commands.export import (
+    ExportError,
+    SemanticExport,
+    YolactExport,
+    export,
+    export_module,
+)
 from lightning_seg.structures import Batch
 
 REPO = Path(__file__).resolve().parents[2]
