@@ -43,6 +43,10 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = None) -> Tensor:
     """Fast NMS on groups of boxes already sorted by decreasing score.
 
+    Box ``j`` of a group is removed when ``IoU(i, j) > iou_thresh`` for a box ``i < j`` of its
+    group (removed or not), tested as ``inter > iou_thresh * union`` so that no division and no
+    float IoU matrix is needed.
+
     Args:
         boxes: ``Tensor[G, K, 4]`` x1y1x2y2, row ``g`` holding one class's boxes, best first.
         iou_thresh: a box whose IoU with a higher-scoring box of its group exceeds this is
@@ -53,11 +57,21 @@ def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = Non
     Returns:
         ``Tensor[G, K]`` bool: kept.
     """
-    iou = batched_box_iou(boxes, boxes).triu(diagonal=1)  # [G, K, K], row i suppresses column j > i
+    k = boxes.shape[1]
+    if k == 0:
+        return torch.zeros(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+    x1, y1, x2, y2 = boxes.unbind(-1)  # [G, K] each
+    area = (x2 - x1) * (y2 - y1)
+    iw = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
+    ih = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+    inter = iw.mul_(ih)  # [G, K, K]
+    union = (area[:, :, None] + area[:, None, :]).sub_(inter)
+    overlap = inter > union.mul_(iou_thresh)  # [G, K, K]: IoU(i, j) > thresh
+    earlier = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu_(diagonal=1)  # i < j
+    overlap &= earlier
     if valid is not None:
-        iou = iou * valid[:, :, None].to(iou.dtype)
-    max_iou = iou.max(dim=1).values if iou.shape[1] else iou.sum(dim=1)  # [G, K]
-    keep = max_iou <= iou_thresh
+        overlap &= valid[:, :, None]  # padding suppresses nothing
+    keep = ~overlap.any(dim=1)  # [G, K]
     return keep & valid if valid is not None else keep
 
 
