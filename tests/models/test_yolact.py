@@ -616,3 +616,28 @@ def test_fit_through_the_cli_and_load_from_checkpoint(tmp_path, monkeypatch):
     with torch.no_grad():
         a, b = original(batch)[0], task.model.eval()(batch)[0]
     assert torch.equal(a.boxes, b.boxes) and torch.equal(a.masks, b.masks)
+
+
+def test_official_schedule_and_its_batch_scaling():
+    """The schedule fragment's numbers give the official LR (train.py: warm-up from 1e-4, x0.1 at
+    each step), and scaling to another batch follows the official --autoscale."""
+    from lightning_seg.optim import WarmupMultiStepLR, scale_schedule_to_batch
+
+    fragment = yaml_load(REPO / "experiments" / "schedules" / "yolact_800k.yaml")["model"]["init_args"]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], **fragment["optimizer"]["init_args"])
+    sched = WarmupMultiStepLR(opt, **fragment["scheduler"]["init_args"])
+    official = {0: 1e-4, 250: (1e-3 - 1e-4) * 0.5 + 1e-4, 500: 1e-3, 279999: 1e-3, 280000: 1e-4,
+                600000: 1e-5, 749999: 1e-6, 750000: 1e-7}
+    for step, lr in official.items():
+        sched.last_epoch = step
+        assert math.isclose(sched.get_lr()[0], lr, rel_tol=1e-9), (step, sched.get_lr()[0], lr)
+    assert scale_schedule_to_batch(16) == {"lr": 0.002, "milestones": [140000, 300000, 350000, 375000],
+                                           "max_steps": 400000, "warmup_factor": 0.05}
+    half = scale_schedule_to_batch(4)
+    assert half["milestones"][0] == 560000 and half["max_steps"] == 1600000 and half["warmup_factor"] == 0.2
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
