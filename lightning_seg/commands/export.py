@@ -6,7 +6,11 @@ Usage::
     lseg export --config experiments/yolact_r50_coco_800k.yaml --ckpt_path best.ckpt \\
         --format onnx --out yolact_r50.onnx
     lseg export --config experiments/deeplabv3plus_r50_camvid_80e.yaml --ckpt_path best.ckpt \\
-        --format torchscript --out deeplab.pt --height 360 --width 480
+        --format torchscript --out deeplab.pt --height 360 --width 480 \\
+        --model.init_args.model.init_args.backbone.init_args.weights null   # any `lseg` override
+
+Arguments other than the ones below are passed to the config parser as for ``lseg fit`` (e.g.
+``weights: null`` offline: the checkpoint replaces the pretrained weights anyway).
 
 What the exported graph computes, per network family (``export_module``):
 
@@ -207,13 +211,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_network(configs: list[str], ckpt_path: str | Path) -> nn.Module:
-    """The network of an experiment with the weights of a checkpoint."""
+def load_network(configs: list[str], ckpt_path: str | Path, overrides: list[str] | None = None) -> nn.Module:
+    """The network of an experiment (config files, then ``lseg`` overrides) with the weights of a
+    checkpoint."""
     from lightning_seg.cli import main
     from lightning_seg.models.weights import load_checkpoint_file
     from lightning_seg.tasks.base import unwrap_network
 
-    args = [a for c in configs for a in ("--config", c)]
+    args = [a for c in configs for a in ("--config", c)] + list(overrides or [])
     task = main(args, run=False).model
     ckpt = load_checkpoint_file(ckpt_path, "--ckpt_path")
     state = ckpt.get("state_dict", ckpt)
@@ -226,8 +231,8 @@ def load_network(configs: list[str], ckpt_path: str | Path) -> nn.Module:
 
 def main(argv: list[str]) -> int:
     """``lseg export ...``; the exit status."""
-    args = _parser().parse_args(argv)
-    network = load_network(args.config, args.ckpt_path)
+    args, overrides = _parser().parse_known_args(argv)
+    network = load_network(args.config, args.ckpt_path, overrides)
     size = None if args.input_size == 0 else (args.input_size, args.input_size)
     wrapper = export_module(network, size)
     example = torch.rand(1, 3, args.height, args.width)

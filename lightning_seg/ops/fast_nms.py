@@ -68,9 +68,9 @@ def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = Non
     union = (area[:, :, None] + area[:, None, :]).sub_(inter)
     overlap = inter > union.mul_(iou_thresh)  # [G, K, K]: IoU(i, j) > thresh
     earlier = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu_(diagonal=1)  # i < j
-    overlap &= earlier
+    overlap = overlap & earlier  # (out of place: the ONNX exporter has no in-place "and")
     if valid is not None:
-        overlap &= valid[:, :, None]  # padding suppresses nothing
+        overlap = overlap & valid[:, :, None]  # padding suppresses nothing
     keep = ~overlap.any(dim=1)  # [G, K]
     return keep & valid if valid is not None else keep
 

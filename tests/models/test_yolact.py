@@ -641,3 +641,26 @@ def yaml_load(path):
     import yaml
 
     return yaml.safe_load(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------- real COCO images
+def squashed_coco_mini(root: Path, size: int):
+    """The 6 coco_mini images squashed to ``size x size`` (as YOLACT's pipeline does), with
+    their targets (masks resized, boxes from the masks)."""
+    from test_maskrcnn import load_coco_mini
+
+    from lightning_seg.data.transforms import boxes_from_masks
+
+    batch, sizes, targets, _, info = load_coco_mini(root, short_side=size)
+    images, out = [], []
+    for i, ((h, w), t) in enumerate(zip(sizes, targets)):
+        images.append(torch.nn.functional.interpolate(batch[i : i + 1, :, :h, :w], size=(size, size),
+                                                      mode="bilinear", align_corners=False, antialias=True)[0])
+        masks = torch.zeros(0, size, size, dtype=torch.bool)
+        if len(t):
+            masks = torch.nn.functional.interpolate(t.masks[None].float(), size=(size, size), mode="bilinear",
+                                                    align_corners=False)[0] >= 0.5
+        keep = masks.flatten(1).any(dim=1)
+        out.append(InstanceTargets(boxes_from_masks(masks[keep]), t.labels[keep], (size, size),
+                                   masks=masks[keep], iscrowd=t.iscrowd[keep]))
+    return torch.stack(images), [(size, size)] * len(images), out, info
