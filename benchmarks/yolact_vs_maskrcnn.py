@@ -66,7 +66,9 @@ def speed_images(coco_mini: Path | None, n: int = 6) -> list[torch.Tensor]:
         from PIL import Image
 
         files = sorted((coco_mini / "images").glob("*.jpg"))[:n]
-        return [torch.from_numpy(__import__("numpy").asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255
+        import numpy as np
+
+        return [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255
                 for f in files]
     g = torch.Generator().manual_seed(0)
     return [torch.rand(3, 480, 640, generator=g) for _ in range(n)]
@@ -240,7 +242,7 @@ def train_for(model, loader, lr: float, budget_s: float, warmup: int, weight_dec
             steps += 1
             if time.perf_counter() - start >= budget_s:
                 break
-    return {"steps": steps, "skipped": skipped, "last_loss": round(float(total), 4)}
+    return {"steps": steps, "skipped": skipped, "last_loss": round(float(total.detach()), 4)}
 
 
 def mask_ap(model, loader) -> dict:
@@ -256,6 +258,25 @@ def mask_ap(model, loader) -> dict:
             metric.update(preds, targets, [m.image_id for m in batch.meta])
     result = metric.compute()
     return {"AP": round(float(result["segm/AP"]), 4), "AP50": round(float(result["segm/AP50"]), 4)}
+
+
+def save_failure_pictures(model, loader, folder: Path) -> list[str]:
+    """PNG pictures of YOLACT's failure modes (``failure_mode_pictures``) on the first validation
+    batch: mask leakage with an enlarged box, and the most crowded image."""
+    from PIL import Image
+
+    from lightning_seg.callbacks.prototypes import failure_mode_pictures
+    from lightning_seg.visualize import to_numpy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    batch = next(iter(loader))
+    names = ["circle", "triangle", "square", "star"]
+    written = []
+    for name, picture in failure_mode_pictures(model.eval(), batch, class_names=names).items():
+        path = folder / f"yolact_{name}.png"
+        Image.fromarray(to_numpy(picture)).save(path)
+        written.append(str(path))
+    return written
 
 
 def run_learn(args) -> tuple[dict, object, list]:
@@ -276,7 +297,9 @@ def run_learn(args) -> tuple[dict, object, list]:
     mrcnn = mask_rcnn_r50_fpn(4)
     m_train = train_for(mrcnn, train, lr=0.01, budget_s=budget, warmup=200, weight_decay=1e-4)
     m_ap = mask_ap(mrcnn, val)
+    pictures = save_failure_pictures(yolact, val, Path(args.pictures))
     result = {
+        "pictures": pictures,
         "budget_minutes": args.budget_minutes,
         "yolact": {**y_train, "mask": y_ap, "mask_standard_nms": y_ap_std},
         "maskrcnn": {**m_train, "mask": m_ap},
@@ -294,6 +317,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="training time of each model")
     parser.add_argument("--num-val", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
+    parser.add_argument("--pictures", default="outputs/yolact_failure_modes",
+                        help="folder for the failure-mode pictures of the trained YOLACT")
     parser.add_argument("--_time-one", dest="time_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
