@@ -104,7 +104,9 @@ class RunSummary(Callback):
             if isinstance(cb, ModelCheckpoint):
                 best = cb.best_model_path or cb.last_model_path
                 if best:
-                    score = f" ({cb.monitor}={float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
+                    score = ""
+                    if cb.best_model_score is not None:
+                        score = f" ({cb.monitor}={float(cb.best_model_score):.4f})"
                     lines.append(f"  checkpoint:   {Path(best).resolve()}{score}")
                 if cb.last_model_path:
                     lines.append(f"  last ckpt:    {Path(cb.last_model_path).resolve()} (resume: --ckpt_path)")
