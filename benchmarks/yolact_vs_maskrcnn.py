@@ -313,7 +313,8 @@ def main() -> None:
     parser.add_argument("--parts", default="speed,nms,learn")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the images")
     parser.add_argument("--coco-mini", type=Path,
-                        default=Path(os.environ.get("LSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "instance" / "coco_mini")
+                        default=Path(os.environ.get("LSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+                        / "instance" / "coco_mini")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="training time of each model")
     parser.add_argument("--num-val", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
@@ -342,7 +343,8 @@ def main() -> None:
         if trained is not None:
             trained.eval()
             result["nms_trained_synthetic"] = time_nms(candidate_sets(trained, val_batches, 0.05), args.repeats)
-        result["fast_nms_speedup"] = (result.get("nms_trained_synthetic") or result["nms_untrained_coco"])["fast_nms_speedup"]
+        headline = result.get("nms_trained_synthetic") or result["nms_untrained_coco"]
+        result["fast_nms_speedup"] = headline["fast_nms_speedup"]
     print(json.dumps(result))
 
 

@@ -34,7 +34,8 @@ INPUT = (128, 128)
 
 
 def _ort():
-    return pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'lightning_seg[export]')")
+    return pytest.importorskip(
+        "onnxruntime", reason="onnxruntime is not installed (pip install 'lightning_seg[export]')")
 
 
 def _images():

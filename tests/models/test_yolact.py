@@ -523,7 +523,8 @@ def test_builder_variants():
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("fragment", "builder"), [("yolact_r50", "yolact_r50"), ("yolact_plus_r101", "yolact_plus_r101")])
+@pytest.mark.parametrize(("fragment", "builder"),
+                         [("yolact_r50", "yolact_r50"), ("yolact_plus_r101", "yolact_plus_r101")])
 def test_yolact_yaml_equals_builder(fragment, builder, monkeypatch, tmp_path):
     """The model fragment (parts by class_path, num_classes from the data) is the builder's
     network: same modules, parameter names and shapes, same predictions with the same weights."""

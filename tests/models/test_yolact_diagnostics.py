@@ -31,7 +31,8 @@ def test_effective_rank_hand_values():
     assert abs(effective_rank(same) - 1.0) < 1e-6
     two = torch.zeros(2, 1, 2)
     two[0, 0, 0], two[1, 0, 1] = 3.0, 1.0  # singular values 3, 1: p = (3/4, 1/4)
-    expected = torch.exp(-(torch.tensor([0.75, 0.25], dtype=torch.float64) * torch.tensor([0.75, 0.25], dtype=torch.float64).log()).sum())
+    p = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    expected = torch.exp(-(p * p.log()).sum())
     assert abs(effective_rank(two) - float(expected)) < 1e-9
     assert effective_rank(torch.zeros(3, 4, 4)) == 0.0
 

@@ -355,7 +355,8 @@ def map_official_yolact_state_dict(
         a new state dict for a ``Yolact`` from ``yolact_resnet_fpn``.
     """
     rules = [
-        (r"^backbone\.layers\.(\d+)\.(\d+)\.conv2\.conv_offset_mask\.", lambda m: f"backbone.layer{int(m[1]) + 1}.{m[2]}.conv2.offset."),
+        (r"^backbone\.layers\.(\d+)\.(\d+)\.conv2\.conv_offset_mask\.",
+         lambda m: f"backbone.layer{int(m[1]) + 1}.{m[2]}.conv2.offset."),
         (r"^backbone\.layers\.(\d+)\.", lambda m: f"backbone.layer{int(m[1]) + 1}."),
         (r"^fpn\.lat_layers\.(\d+)\.", lambda m: f"neck.lateral_convs.c{5 - int(m[1])}."),
         (r"^fpn\.pred_layers\.(\d+)\.", lambda m: f"neck.output_convs.c{5 - int(m[1])}."),

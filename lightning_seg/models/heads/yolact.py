@@ -490,7 +490,8 @@ class YolactSemanticHead(nn.Module):
         """``Tensor[B, K, H_3, W_3]`` logits."""
         return self.conv(features[self.in_feature])
 
-    def loss(self, logits: Tensor, targets: Sequence[InstanceTargets], input_size: tuple[int, int]) -> dict[str, Tensor]:
+    def loss(self, logits: Tensor, targets: Sequence[InstanceTargets],
+             input_size: tuple[int, int]) -> dict[str, Tensor]:
         """``loss_semantic``: per image, BCE summed over classes and pixels, divided by the map's
         area; summed over the batch and divided by its size."""
         total = logits.sum() * 0.0
