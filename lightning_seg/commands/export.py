@@ -19,8 +19,8 @@ What the exported graph computes, per network family (``export_module``):
   tensors, so the graph has no Python post-processing), masks assembled, cropped and upsampled to
   ``H x W`` -> ``boxes [B, D, 4]`` (x1y1x2y2 pixels of the input image), ``scores [B, D]``,
   ``labels [B, D]`` (int64, ``0..K-1``), ``masks [B, D, H, W]`` (bool), ``valid [B, D]`` (bool:
-  a real detection; ``D = max_detections``, 100). Standard NMS is not exportable (use ``fast`` or
-  ``cross_class``).
+  a real detection; ``D = max_detections``, 100). The batch size is the example's
+  (``--batch-size``, 1). Standard NMS is not exportable (use ``fast`` or ``cross_class``).
 - **Semantic networks** (``SemanticSegmentor``): ``images`` -> ``logits [B, K, H, W]`` (whole
   image at once; ``logits.argmax(1)`` is the label map). The graph keeps the image size dynamic
   when the network's own code does (tested for U-Net); otherwise feed the example's size.
@@ -64,6 +64,8 @@ class YolactExport(nn.Module):
     """
 
     output_names = ("boxes", "scores", "labels", "masks", "valid")
+    #: the fixed-size detection step is traced for the example's batch size
+    dynamic_batch = False
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int] | None = (550, 550)) -> None:
         super().__init__()
@@ -97,6 +99,7 @@ class SemanticExport(nn.Module):
     """``images [B, 3, H, W]`` in ``[0, 1]`` -> ``logits [B, K, H, W]`` of a ``SemanticSegmentor``."""
 
     output_names = ("logits",)
+    dynamic_batch = True
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -159,7 +162,8 @@ def export(
         wrapper: the exportable module.
         example: ``Tensor[B, 3, H, W]`` example images in ``[0, 1]``.
         out: the file to write.
-        fmt: ``"onnx"`` (batch, height and width dynamic) or ``"torchscript"`` (traced).
+        fmt: ``"onnx"`` (height and width dynamic; the batch too for semantic networks; YOLACT's
+            batch is the example's) or ``"torchscript"`` (traced).
         opset: ONNX opset (19 or more for deformable convolutions).
 
     Returns:
@@ -184,7 +188,10 @@ def export(
             ) from exc
         _register_deform_conv_symbolic()
         names = list(wrapper.output_names)
-        dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+        axes = {2: "height", 3: "width"}
+        if getattr(wrapper, "dynamic_batch", False):
+            axes[0] = "batch"
+        dynamic = {"images": axes}
         torch.onnx.export(
             wrapper, (example,), str(out), input_names=["images"], output_names=names,
             dynamic_axes=dynamic, opset_version=opset, dynamo=False,
@@ -205,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="file to write (.onnx or .pt)")
     p.add_argument("--height", type=int, default=550, help="height of the example image")
     p.add_argument("--width", type=int, default=550, help="width of the example image")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per call (YOLACT's graph is fixed to it; semantic graphs take any)")
     p.add_argument("--input-size", type=int, default=550,
                    help="YOLACT: square side images are squashed to inside the graph (0: none)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
@@ -235,7 +244,7 @@ def main(argv: list[str]) -> int:
     network = load_network(args.config, args.ckpt_path, overrides)
     size = None if args.input_size == 0 else (args.input_size, args.input_size)
     wrapper = export_module(network, size)
-    example = torch.rand(1, 3, args.height, args.width)
+    example = torch.rand(args.batch_size, 3, args.height, args.width)
     path = export(wrapper, example, args.out, args.format, args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.format}); outputs: "
           f"{', '.join(wrapper.output_names)}")

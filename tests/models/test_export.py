@@ -94,6 +94,18 @@ def test_yolact_onnx_in_onnxruntime_equals_pytorch(plus, tmp_path):
         _check(_reference(model, image), boxes[0], scores[0], labels[0], masks[0], torch.as_tensor(valid[0]))
 
 
+def test_yolact_onnx_batch_of_two(tmp_path):
+    ort = _ort()
+    model = _trained_tiny_yolact()
+    path = export(export_module(model, INPUT), torch.rand(2, 3, 100, 100), tmp_path / "yolact2.onnx", "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    a, b = _images()
+    images = torch.cat([a[:, :, :97, :120], b[:, :, :97, :120]])
+    outputs = session.run(None, {"images": images.numpy()})
+    for i in range(2):
+        _check(_reference(model, images[i : i + 1]), *(torch.as_tensor(o[i]) for o in outputs))
+
+
 def test_yolact_torchscript_equals_pytorch(tmp_path):
     model = _trained_tiny_yolact()
     path = export(export_module(model, INPUT), torch.rand(1, 3, 100, 100), tmp_path / "yolact.pt", "torchscript")
