@@ -210,6 +210,32 @@ def test_overfit_one_image_loss_drops():
     assert total.item() < 0.1 * first, f"loss {first:.3f} -> {total.item():.3f} after {step + 1} steps"
 
 
+def test_overfit_four_images_mask_ap50():
+    """Memorise 4 images of 1-3 ellipses / rectangles / triangles: mask AP50 >= 0.9 (pycocotools)
+    within 120 steps. Measured (seed 0): 1.0 at step 40 (mask AP 0.62), 1.0 and AP 0.79 at 120."""
+    from test_maskrcnn import mask_ap50
+
+    images, sizes, targets = _blob_batch([(128, 128)] * 4, [3, 2, 3, 1], seed=7)
+    torch.manual_seed(0)
+    model = tiny_yolact(3, input_size=128)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history = []
+    for step in range(120):
+        idx = [(2 * step + j) % 4 for j in range(2)]
+        model.train()
+        losses = model(batch_of(images[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        if (step + 1) % 40 == 0:
+            model.eval()
+            with torch.no_grad():
+                history.append((step + 1, round(mask_ap50(model(batch_of(images, sizes)), targets), 3)))
+            if history[-1][1] >= 0.9:
+                break
+    assert history[-1][1] >= 0.9, f"mask AP50 by step: {history}"
+
+
 # ---------------------------------------------------------------------- anchors and matching
 def test_anchors_follow_the_official_priors():
     """At 550 x 550, P3 (69 x 69): centres ((i + .5) / 69 * 550), square v1 anchors of side
@@ -665,3 +691,53 @@ def squashed_coco_mini(root: Path, size: int):
         out.append(InstanceTargets(boxes_from_masks(masks[keep]), t.labels[keep], (size, size),
                                    masks=masks[keep], iscrowd=t.iscrowd[keep]))
     return torch.stack(images), [(size, size)] * len(images), out, info
+
+
+def _ignore_small(targets, min_side: float):
+    """Targets with the instances whose box side is below ``min_side`` marked crowd (COCO AP
+    ignores crowd ground truth: detections matching them count neither way)."""
+    out = []
+    for t in targets:
+        wh = t.boxes[:, 2:] - t.boxes[:, :2]
+        out.append(InstanceTargets(t.boxes, t.labels, t.image_size, masks=t.masks,
+                                   iscrowd=t.iscrowd | (wh < min_side).any(dim=1)))
+    return out
+
+
+COCO_MINI_SIZE = 384
+COCO_MINI_MIN_SIDE = 8  # 2 prototype pixels at stride 4
+
+
+def test_overfit_coco_mini_mask_ap50(shared_data):
+    """Memorise the 6 real COCO images squashed to 384 x 384: mask AP50 >= 0.9 on them.
+
+    YOLACT's masks live on the prototype grid (stride 4): half of these 35 instances are bottles
+    of 4-6 x 8-24 px at 384 (1-1.5 prototype pixels wide), which no crop of 96 x 96 prototypes
+    resolves (the paper: YOLACT's small-object AP is its weak point), so the evaluation ignores
+    instances with a box side under 8 px (2 prototype pixels; marked crowd, 19 instances stay) and
+    the failure message gives AP50 on all instances too. Training uses every instance (those
+    under 4 px are dropped by the network, as the official code does).
+    """
+    from test_maskrcnn import mask_ap50
+
+    images, sizes, targets, info = squashed_coco_mini(shared_data, COCO_MINI_SIZE)
+    evaluated = _ignore_small(targets, COCO_MINI_MIN_SIDE)
+    torch.manual_seed(0)
+    model = tiny_yolact(info.num_classes, input_size=COCO_MINI_SIZE)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history = []
+    for step in range(COCO_MINI_STEPS):
+        idx = [(3 * step + j) % len(sizes) for j in range(3)]
+        model.train()
+        losses = model(batch_of(images[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        if (step + 1) % 20 == 0 and step + 1 >= COCO_MINI_FIRST_EVAL:
+            model.eval()
+            with torch.no_grad():
+                preds = model(batch_of(images, sizes))
+            history.append((step + 1, round(mask_ap50(preds, evaluated), 3), round(mask_ap50(preds, targets), 3)))
+            if history[-1][1] >= 0.9:
+                break
+    assert history[-1][1] >= 0.9, f"(step, AP50 on instances >= 8 px, AP50 on all) by step: {history}"
