@@ -708,32 +708,39 @@ COCO_MINI_SIZE = 384
 COCO_MINI_MIN_SIDE = 8  # 2 prototype pixels at stride 4
 
 
+@pytest.mark.slow
 def test_overfit_coco_mini_mask_ap50(shared_data):
     """Memorise the 6 real COCO images squashed to 384 x 384: mask AP50 >= 0.9 on them.
 
     YOLACT's masks live on the prototype grid (stride 4): half of these 35 instances are bottles
     of 4-6 x 8-24 px at 384 (1-1.5 prototype pixels wide), which no crop of 96 x 96 prototypes
-    resolves (the paper: YOLACT's small-object AP is its weak point), so the evaluation ignores
-    instances with a box side under 8 px (2 prototype pixels; marked crowd, 19 instances stay) and
-    the failure message gives AP50 on all instances too. Training uses every instance (those
-    under 4 px are dropped by the network, as the official code does).
+    resolves (the paper: small objects are YOLACT's weak point), so the evaluation ignores
+    instances with a box side under 8 px (2 prototype pixels; marked crowd, 19 of 35 stay); the
+    failure message also gives AP50 on all instances. Training uses every instance (those under
+    4 px are dropped by the network, as the official code does).
+
+    Measured (R18, 64-channel pyramid, AdamW 5e-4, gradient norm clipped at 5, seed 0, 2 threads,
+    2026-11-27): AP50 on instances >= 8 px 0.848 at step 120, 0.88 at 240, 0.905 at 400 (all
+    instances: 0.786), about 4 minutes with startup: ``slow``. The tiny network (1 block per
+    stage, 32 channels) with AdamW 1e-3 plateaued at 0.6-0.7 and diverged once (step 260).
     """
     from test_maskrcnn import mask_ap50
 
     images, sizes, targets, info = squashed_coco_mini(shared_data, COCO_MINI_SIZE)
     evaluated = _ignore_small(targets, COCO_MINI_MIN_SIDE)
     torch.manual_seed(0)
-    model = tiny_yolact(info.num_classes, input_size=COCO_MINI_SIZE)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = yolact_resnet_fpn(info.num_classes, depth=18, fpn_channels=64, input_size=COCO_MINI_SIZE)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     history = []
-    for step in range(COCO_MINI_STEPS):
+    for step in range(600):
         idx = [(3 * step + j) % len(sizes) for j in range(3)]
         model.train()
         losses = model(batch_of(images[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
         opt.zero_grad()
         sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        if (step + 1) % 20 == 0 and step + 1 >= COCO_MINI_FIRST_EVAL:
+        if (step + 1) % 40 == 0 and step + 1 >= 120:
             model.eval()
             with torch.no_grad():
                 preds = model(batch_of(images, sizes))
