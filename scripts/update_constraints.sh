@@ -18,7 +18,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT, EXTRAS = "lightning_seg", ("dev", "benchmark")
+ROOT, EXTRAS = "lightning_seg", ("dev", "benchmark", "export")
 
 
 def requirements(dist: metadata.Distribution, extras) -> list[Requirement]:
