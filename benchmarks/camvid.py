@@ -27,8 +27,10 @@ What is measured:
 - **Metric**: ``lightning_seg.metrics.semantic.SegmentationMetrics`` (dataset-level confusion
   matrix): mIoU, pixel accuracy, per-class IoU.
 
-Models: FCN-32s / 16s / 8s (VGG16, ``fcn8s_vgg16``), U-Net (same padding, BatchNorm), DeepLab v3
-R50 (OS 16), DeepLab v3+ R50 and Xception-65 (OS 16, separable), and two peers: torchvision
+Models: ours are built from the CamVid experiment files users run
+(``experiments/<model>_camvid_80e.yaml``, pretrained weights switched off): FCN-32s / 16s / 8s
+(VGG16), U-Net (same padding, BatchNorm), DeepLab v3 R50 (OS 16, multi-grid 1/2/4), DeepLab v3+ R50
+(OS 16, multi-grid 1/2/4) and Xception-65 (OS 16, separable); and two peers: torchvision
 ``deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=11, aux_loss=False)`` and
 segmentation_models_pytorch ``DeepLabV3Plus("resnet50", encoder_weights=None, classes=11)``
 (both wrapped to take ``[0, 1]`` images, normalise with ImageNet mean / std, and pad to a
@@ -54,14 +56,17 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lightning_seg.constants import IMAGENET_MEAN, IMAGENET_STD
+
 DEFAULT_ROOT = "/work/shared/data/semantic/camvid"
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = "--model.init_args.model.init_args.backbone.init_args.weights"
 
 
 class PeerWrapper(nn.Module):
@@ -103,48 +108,32 @@ def _smp_deeplabv3plus(num_classes: int) -> nn.Module:
     return PeerWrapper(smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=num_classes))
 
 
-def _fcn(variant: str) -> Callable[[int], nn.Module]:
-    def build(num_classes: int) -> nn.Module:
-        from lightning_seg.models.detectors.fcn import fcn8s_vgg16
+def _experiment(name: str) -> Callable[[int], nn.Module]:
+    """The network of ``experiments/<name>_camvid_80e.yaml`` (what ``lseg fit`` trains), random init."""
 
-        return fcn8s_vgg16(num_classes, weights=None, variant=variant)
+    def build(num_classes: int) -> nn.Module:
+        from lightning_seg.cli import build_experiment
+
+        config = REPO / "experiments" / f"{name}_camvid_80e.yaml"
+        pretrained = name.startswith(("fcn", "deeplabv3_r50", "deeplabv3plus_r50"))  # torchvision weights
+        overrides = [f"{WEIGHTS}=null"] if pretrained else []
+        task, data = build_experiment(config, *overrides)
+        if data.num_classes != num_classes:
+            raise ValueError(f"{config.name} has {data.num_classes} classes, the benchmark {num_classes}")
+        return task.model
 
     return build
 
 
-def _unet(num_classes: int) -> nn.Module:
-    from lightning_seg.models.detectors.unet import unet
-
-    return unet(num_classes, padding="same")
-
-
-def _deeplabv3_r50(num_classes: int) -> nn.Module:
-    from lightning_seg.models.detectors.deeplab import deeplabv3_resnet50
-
-    return deeplabv3_resnet50(num_classes, output_stride=16)
-
-
-def _deeplabv3plus_r50(num_classes: int) -> nn.Module:
-    from lightning_seg.models.detectors.deeplab import deeplabv3plus_resnet50
-
-    return deeplabv3plus_resnet50(num_classes, output_stride=16)
-
-
-def _deeplabv3plus_xception(num_classes: int) -> nn.Module:
-    from lightning_seg.models.detectors.deeplab import deeplabv3plus_xception
-
-    return deeplabv3plus_xception(num_classes, output_stride=16)
-
-
 # name -> (builder(num_classes) -> model, is_peer)
 MODELS: dict[str, tuple[Callable[[int], nn.Module], bool]] = {
-    "fcn32s_vgg16": (_fcn("32s"), False),
-    "fcn16s_vgg16": (_fcn("16s"), False),
-    "fcn8s_vgg16": (_fcn("8s"), False),
-    "unet_same": (_unet, False),
-    "deeplabv3_r50": (_deeplabv3_r50, False),
-    "deeplabv3plus_r50": (_deeplabv3plus_r50, False),
-    "deeplabv3plus_xception65": (_deeplabv3plus_xception, False),
+    "fcn32s_vgg16": (_experiment("fcn32s_vgg16"), False),
+    "fcn16s_vgg16": (_experiment("fcn16s_vgg16"), False),
+    "fcn8s_vgg16": (_experiment("fcn8s_vgg16"), False),
+    "unet_same": (_experiment("unet_same"), False),
+    "deeplabv3_r50": (_experiment("deeplabv3_r50"), False),
+    "deeplabv3plus_r50": (_experiment("deeplabv3plus_r50"), False),
+    "deeplabv3plus_xception65": (_experiment("deeplabv3plus_xception"), False),
     "torchvision_deeplabv3_r50": (_torchvision_deeplabv3, True),
     "smp_deeplabv3plus_r50": (_smp_deeplabv3plus, True),
 }
@@ -193,6 +182,7 @@ def train_one(name: str, args: argparse.Namespace) -> dict:
     num_classes, ignore_index = dm.num_classes, dm.ignore_index
     torch.manual_seed(args.seed)
     model = builder(num_classes)
+    logits_of = getattr(model, "logits", model)  # ours: the network's own preprocessing
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
@@ -217,7 +207,7 @@ def train_one(name: str, args: argparse.Namespace) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(args.lr, progress)
             t0 = time.process_time()
-            logits = model(batch.images)  # Tensor[B, K, H, W]
+            logits = logits_of(batch.images)  # Tensor[B, K, H, W]
             loss = F.cross_entropy(logits, batch.semantic, ignore_index=ignore_index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -245,7 +235,7 @@ def train_one(name: str, args: argparse.Namespace) -> dict:
     t0 = time.process_time()
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            pred = model(batch.images).argmax(dim=1)  # Tensor[B, H, W]
+            pred = logits_of(batch.images).argmax(dim=1)  # Tensor[B, H, W]
             metric.update(pred, batch.semantic)
     eval_cpu_s = time.process_time() - t0
     result = metric.compute()

@@ -12,9 +12,11 @@ What is measured (all wall time, ``time.perf_counter``):
   ``--warmup-steps`` untimed steps, over ``--steps`` steps, with ``torch.set_num_threads(--threads)``
   in the main process:
 
-  * CamVid: ``deeplabv3plus_resnet50`` (OS 16, random init), cross-entropy with ignore, on
+  * CamVid: the network of ``experiments/deeplabv3plus_r50_camvid_80e.yaml`` (OS 16, random
+    init) and its cross-entropy with ignore, on
     ``TrainTransform`` random scale / crop ``--camvid-size`` / flip batches of ``--batch-size``;
-  * synthetic-instance: ``mask_rcnn_r50_fpn`` (random init, sum of its 5 losses) on
+  * synthetic-instance: the network of ``experiments/mask_rcnn_r50_fpn_shapes_24e.yaml`` (random
+    init, sum of its 5 losses) on
     ``SyntheticShapesDataModule(task="instance")`` images of ``--synthetic-size`` with
     ``TrainTransform`` (fit inside the size, random scale, flip).
 
@@ -43,13 +45,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 DEFAULT_CAMVID = "/work/shared/data/semantic/camvid"
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = "--model.init_args.model.init_args.backbone.init_args.weights"
 
 
 def endless(loader: DataLoader) -> Iterator:
@@ -80,13 +84,24 @@ def train_rate(step: Callable[[], None], batch_size: int, warmup_steps: int, ste
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def make_step(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> Callable[[], None]:
-    """A training step: forward + loss, backward, AdamW step."""
+def experiment_network(experiment: str, num_classes: int) -> nn.Module:
+    """The network of ``experiments/<experiment>`` (what ``lseg fit`` trains), random init."""
+    from lightning_seg.cli import build_experiment
+
+    config = REPO / "experiments" / experiment
+    task, data = build_experiment(config, f"{WEIGHTS}=null")
+    if data.num_classes != num_classes:
+        raise ValueError(f"{experiment} has {data.num_classes} classes, the benchmark's data {num_classes}")
+    return task.model
+
+
+def make_step(model: nn.Module, batch) -> Callable[[], None]:
+    """A training step on a fixed batch: the network's losses (``model(batch)``), backward, AdamW."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
 
     def step() -> None:
-        loss = loss_fn(model)
+        loss = sum(model(batch).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -97,7 +112,6 @@ def make_step(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) ->
 def bench_camvid(args: argparse.Namespace) -> dict:
     from lightning_seg.data.datamodules.camvid import CamVidDataModule
     from lightning_seg.data.transforms import TrainTransform
-    from lightning_seg.models.detectors.deeplab import deeplabv3plus_resnet50
 
     size = tuple(args.camvid_size)
     factor = size[0] / 360  # CamVid frames are 360x480: scale range relative to --camvid-size
@@ -117,26 +131,21 @@ def bench_camvid(args: argparse.Namespace) -> dict:
     del loader  # stop its workers before timing the model
 
     torch.manual_seed(0)
-    model = deeplabv3plus_resnet50(dm.num_classes)
-    ignore = dm.ignore_index
+    model = experiment_network("deeplabv3plus_r50_camvid_80e.yaml", dm.num_classes)
 
-    def loss_fn(m: nn.Module) -> torch.Tensor:
-        return F.cross_entropy(m(batch.images), batch.semantic, ignore_index=ignore)
-
-    train_sps = train_rate(make_step(model, loss_fn), len(batch), args.warmup_steps, args.steps)
+    train_sps = train_rate(make_step(model, batch), len(batch), args.warmup_steps, args.steps)
     return {
         "camvid_data_sps": round(data_sps, 2),
         "camvid_train_sps": round(train_sps, 2),
         "camvid_ratio": round(data_sps / train_sps, 2),
         "camvid_size": list(size),
-        "camvid_model": "deeplabv3plus_resnet50 (OS 16, random init)",
+        "camvid_model": "experiments/deeplabv3plus_r50_camvid_80e.yaml (OS 16, random init)",
     }
 
 
 def bench_synthetic_instance(args: argparse.Namespace) -> dict:
     from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
     from lightning_seg.data.transforms import TrainTransform
-    from lightning_seg.models.detectors.mask_rcnn import mask_rcnn_r50_fpn
 
     h, w = args.synthetic_size
     root = args.synthetic_root or os.path.join(tempfile.gettempdir(), f"lseg_throughput_shapes_{h}x{w}")
@@ -161,19 +170,14 @@ def bench_synthetic_instance(args: argparse.Namespace) -> dict:
     del loader
 
     torch.manual_seed(0)
-    model = mask_rcnn_r50_fpn(dm.num_classes)
-
-    def loss_fn(m: nn.Module) -> torch.Tensor:
-        losses = m(batch.images, batch.image_sizes, batch.instances)
-        return sum(losses.values())
-
-    train_sps = train_rate(make_step(model, loss_fn), len(batch), args.warmup_steps, args.steps)
+    model = experiment_network("mask_rcnn_r50_fpn_shapes_24e.yaml", dm.num_classes)
+    train_sps = train_rate(make_step(model, batch), len(batch), args.warmup_steps, args.steps)
     return {
         "synthetic_instance_data_sps": round(data_sps, 2),
         "synthetic_instance_train_sps": round(train_sps, 2),
         "synthetic_instance_ratio": round(data_sps / train_sps, 2),
         "synthetic_size": [h, w],
-        "synthetic_model": "mask_rcnn_r50_fpn (random init)",
+        "synthetic_model": "experiments/mask_rcnn_r50_fpn_shapes_24e.yaml (random init)",
     }
 
 

@@ -7,7 +7,9 @@ warm-up schedule. Steps are interleaved (ours, torchvision, ours, ...) so that m
 affects both alike; each side's process CPU time per step is recorded. Both are then evaluated
 with the project's ``COCOEvaluator`` (bbox + segm) on the validation split.
 
-Ours uses its paper defaults (``aligned=True`` RoIAlign); torchvision uses its own
+Ours is the network of ``experiments/mask_rcnn_r50_fpn_shapes_24e.yaml`` (what ``lseg fit``
+trains) with the depth and the CPU budget knobs below as overrides; it uses its paper defaults
+(``aligned=True`` RoIAlign); torchvision uses its own
 (``aligned=False``). torchvision's transform is set so that it does not resize
 (``min_size=H``, ``max_size=W`` gives a scale of exactly 1 for ``H x W`` images) and uses the
 same ImageNet normalisation. Goal: ``mask_ap_ours >= mask_ap_torchvision - 0.01``.
@@ -24,20 +26,23 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+from lightning_seg.constants import IMAGENET_MEAN, IMAGENET_STD
 from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
 from lightning_seg.metrics.coco import COCOEvaluator
-from lightning_seg.models.detectors.mask_rcnn import MaskRCNNResNetFPN
 from lightning_seg.optim import WarmupMultiStepLR
 from lightning_seg.structures import InstancePredictions, InstanceTargets
 
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
+REPO = Path(__file__).resolve().parents[1]
+
+PIXEL_MEAN, PIXEL_STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_torchvision(
@@ -117,12 +122,33 @@ def evaluate(ours, tv, loader, device: torch.device) -> dict[str, dict[str, floa
     for batch in loader:
         batch = batch.to(device)
         ids = [m.image_id for m in batch.meta]
-        preds_ours = ours(batch.images, batch.image_sizes)
+        preds_ours = ours(batch)
         imgs = [batch.images[i, :, :h, :w] for i, (h, w) in enumerate(batch.image_sizes)]
         preds_tv = [from_torchvision(o, tuple(s)) for o, s in zip(tv(imgs), batch.image_sizes)]
         ev["ours"].update(preds_ours, batch.instances, ids)
         ev["torchvision"].update(preds_tv, batch.instances, ids)
     return {name: e.compute() for name, e in ev.items()}
+
+
+def experiment_network(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """Our network as ``experiments/mask_rcnn_r50_fpn_shapes_24e.yaml`` builds it (random init,
+    trainable BatchNorm), with the benchmark's depth and CPU budget knobs as overrides."""
+    from lightning_seg.cli import build_experiment
+
+    net = "--model.init_args.model.init_args"
+    task, data = build_experiment(
+        REPO / "experiments" / "mask_rcnn_r50_fpn_shapes_24e.yaml",
+        f"{net}.backbone.init_args.depth={args.depth}",
+        f"{net}.rpn.init_args.pre_nms_top_n_train={args.rpn_pre_train}",
+        f"{net}.rpn.init_args.post_nms_top_n_train={args.rpn_post_train}",
+        f"{net}.rpn.init_args.pre_nms_top_n_test={args.rpn_pre_test}",
+        f"{net}.rpn.init_args.post_nms_top_n_test={args.rpn_post_test}",
+        f"{net}.box_head.init_args.batch_size_per_image={args.box_rois}",
+        f"{net}.box_head.init_args.detections_per_img={args.detections}",
+    )
+    if data.num_classes != num_classes:
+        raise ValueError(f"the experiment has {data.num_classes} classes, the benchmark's data {num_classes}")
+    return task.model
 
 
 def main() -> None:
@@ -164,15 +190,7 @@ def main() -> None:
               "rpn_pre_test": args.rpn_pre_test, "rpn_post_test": args.rpn_post_test,
               "box_rois": args.box_rois, "detections": args.detections}
     torch.manual_seed(args.seed)
-    ours = MaskRCNNResNetFPN(
-        num_classes=num_classes, depth=args.depth, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD,
-        rpn_kwargs={"pre_nms_top_n_train": args.rpn_pre_train,
-                    "post_nms_top_n_train": args.rpn_post_train,
-                    "pre_nms_top_n_test": args.rpn_pre_test,
-                    "post_nms_top_n_test": args.rpn_post_test},
-        box_head_kwargs={"batch_size_per_image": args.box_rois,
-                         "detections_per_img": args.detections},
-    )
+    ours = experiment_network(args, num_classes)
     torch.manual_seed(args.seed)
     tv = build_torchvision(args.depth, num_classes, args.height, args.width, budget)
     ours.to(device).train()
@@ -193,9 +211,8 @@ def main() -> None:
             targets = list(batch.instances)
             imgs, tv_targets = torchvision_inputs(batch.images, batch.image_sizes, targets)
             runs = {
-                "ours": (ours, opt_o, sched_o,
-                         lambda: ours(batch.images, batch.image_sizes, targets)),
-                "torchvision": (tv, opt_t, sched_t, lambda: tv(imgs, tv_targets)),
+                "ours": (ours, opt_o, sched_o, partial(ours, batch)),
+                "torchvision": (tv, opt_t, sched_t, partial(tv, imgs, tv_targets)),
             }
             order = ("ours", "torchvision") if step % 2 == 0 else ("torchvision", "ours")
             for name in order:

@@ -1,22 +1,26 @@
 """Forward + backward step time of our DeepLab models against their peers, on identical batches.
 
-Pairs (random init, train mode, cross-entropy on random labels, no optimizer step):
+Pairs (random init, train mode, cross-entropy on random labels; forward + loss + backward, no
+optimizer step). Ours are the networks of the CamVid experiment files that users run, with the
+peer's settings as overrides:
 
-* ``deeplabv3``: ours ``DeepLabV3(ResNetBackbone(50, output_stride=8), aspp_rates=(12, 24, 36),
-  num_head_convs=1, dropout=0.5)`` vs ``torchvision.models.segmentation.deeplabv3_resnet50``
+* ``deeplabv3``: ours ``experiments/deeplabv3_r50_camvid_80e.yaml`` with output stride 8, no
+  multi-grid, ``aspp_rates=(12, 24, 36)``, ``num_head_convs=1``, ``dropout=0.5``
+  vs ``torchvision.models.segmentation.deeplabv3_resnet50``
   (``aux_loss=False``). Same architecture (our golden test shows equal logits). Differences:
   ours normalises inside (the peer gets the same normalisation op in its step) and its
   image-pooling branch broadcasts instead of calling ``F.interpolate``.
-* ``deeplabv3plus``: ours ``DeepLabV3Plus(ResNetBackbone(50, output_stride=16), separable=True,
-  aspp_rates=(12, 24, 36), num_decoder_convs=1, dropout=0.5)`` vs
+* ``deeplabv3plus``: ours ``experiments/deeplabv3plus_r50_camvid_80e.yaml`` (output stride 16,
+  multi-grid (1, 2, 4), separable) with ``aspp_rates=(12, 24, 36)``, ``num_decoder_convs=1``,
+  ``dropout=0.5`` vs
   ``segmentation_models_pytorch.DeepLabV3Plus(encoder_name="resnet50", encoder_weights=None,
   encoder_output_stride=16)`` (its defaults: rates (12, 24, 36), separable ASPP, 256 channels,
   48 low-level channels). Differences: smp's separable convs have no BN + ReLU between
   depthwise and pointwise (ours do, as the paper); smp adds a separable 3x3 conv after ASPP
   (at stride 16) and has one separable 3x3 decoder conv, so ours is run with
   ``num_decoder_convs=1`` (the paper's two convs are timed too, as ``deeplabv3plus_paper``);
-  smp dilates every block of layer4 with rate 2, ours keeps torchvision's (1, 2, 2) (same
-  cost); smp upsamples with ``align_corners=True``.
+  smp dilates every block of layer4 with rate 2, ours uses the experiment's multi-grid rates
+  (2, 4, 8) (same cost); smp upsamples with ``align_corners=True``.
 
 Measurements are interleaved (ours, peer, ours, peer...) after a warm-up, and medians are
 reported, since shared machines are noisy. The last line printed is one JSON object with
@@ -33,22 +37,39 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from lightning_seg.models.backbones.resnet import ResNetBackbone
-from lightning_seg.models.detectors.deeplab import DeepLabV3, DeepLabV3Plus
+from lightning_seg.cli import build_experiment
+from lightning_seg.constants import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+REPO = Path(__file__).resolve().parents[1]
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def _experiment_network(experiment: str, num_classes: int, *overrides: str) -> nn.Module:
+    """The network of ``experiments/<experiment>`` (what ``lseg fit`` trains), random init, with
+    the peer-matching settings as overrides."""
+    net = "--model.init_args.model.init_args"
+    task, _ = build_experiment(REPO / "experiments" / experiment,
+                               f"{net}.backbone.init_args.weights=null",
+                               *(f"{net}.{o}" for o in overrides))
+    if task.num_classes != num_classes:
+        raise ValueError(f"--num-classes must be {task.num_classes} (CamVid's, as {experiment})")
+    return task.model
 
 
 def _ours_v3(num_classes: int) -> nn.Module:
-    backbone = ResNetBackbone(depth=50, output_stride=8, out_features=("c5",))
-    return DeepLabV3(backbone, num_classes, aspp_rates=(12, 24, 36), num_head_convs=1, dropout=0.5)
+    return _experiment_network(
+        "deeplabv3_r50_camvid_80e.yaml", num_classes, "backbone.init_args.output_stride=8",
+        "backbone.init_args.multi_grid=null", "aspp_rates=[12, 24, 36]", "num_head_convs=1",
+        "dropout=0.5",
+    )
 
 
 def _peer_v3(num_classes: int) -> nn.Module:
@@ -58,14 +79,9 @@ def _peer_v3(num_classes: int) -> nn.Module:
 
 
 def _ours_v3plus(num_classes: int, num_decoder_convs: int) -> nn.Module:
-    backbone = ResNetBackbone(depth=50, output_stride=16, out_features=("c2", "c5"))
-    return DeepLabV3Plus(
-        backbone,
-        num_classes,
-        separable=True,
-        aspp_rates=(12, 24, 36),
-        num_decoder_convs=num_decoder_convs,
-        dropout=0.5,
+    return _experiment_network(
+        "deeplabv3plus_r50_camvid_80e.yaml", num_classes, "aspp_rates=[12, 24, 36]",
+        f"num_decoder_convs={num_decoder_convs}", "dropout=0.5",
     )
 
 
@@ -81,9 +97,12 @@ def _step_fn(model: nn.Module, normalise: bool, out_key: str | None) -> Callable
     """One training step (forward, loss, backward) with the model's own input convention."""
 
     def step(images: Tensor, labels: Tensor) -> None:
-        x = (images - MEAN.to(images)) / STD.to(images) if normalise else images
-        out = model(x)
-        logits = out[out_key] if out_key is not None else out
+        if hasattr(model, "logits"):  # ours: its own preprocessing, then the network
+            logits = model.logits(images)
+        else:
+            x = (images - MEAN.to(images)) / STD.to(images) if normalise else images
+            out = model(x)
+            logits = out[out_key] if out_key is not None else out
         loss = F.cross_entropy(logits, labels)
         model.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="measured steps per model")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--num-classes", type=int, default=11, help="CamVid's, as the experiments")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = parser.parse_args(argv)

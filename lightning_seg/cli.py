@@ -134,6 +134,35 @@ def cli_null_keys(args: Sequence[str]) -> list[str]:
     return keys
 
 
+def nulls_as_config(args: Sequence[str]) -> list[str]:
+    """Turn ``--a.init_args.b null`` into ``--config "{a: {init_args: {b: null}}}"``, in place.
+
+    jsonargparse does not parse ``null`` for arguments of nested classes given on the command
+    line (``str | None`` arrives as the string ``"None"``, ``Sequence[int] | None`` is refused);
+    the same value in a config is read right. Keys without ``init_args`` are left as they are
+    (``restore_cli_nulls`` mends the string case for them).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key = value = None
+        if arg.startswith("--") and "=" in arg:
+            key, value, step = *arg[2:].split("=", 1), 1
+        elif arg.startswith("--") and i + 1 < len(args):
+            key, value, step = arg[2:], args[i + 1], 2
+        if key and ".init_args." in key and value.strip().lower() in _NULLS:
+            node: dict = {}
+            for part in reversed(key.split(".")):
+                node = {part: node} if node != {} else {part: None}
+            out += ["--config", yaml.safe_dump(node)]
+            i += step
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def restore_cli_nulls(cfg: Namespace, keys: Sequence[str]) -> None:
     """Undo jsonargparse's turning ``null`` into the string ``"None"`` for arguments of nested
     classes given on the command line (``--model.init_args.model.init_args.backbone.init_args
@@ -362,10 +391,28 @@ def main(args: list[str] | None = None, run: bool = True) -> SegCLI:
             if run
             else {"default_config_files": [DEFAULT_CONFIG]}
         ),
-        args=_args_for_lightning(expand_fragments(raw), given=args is not None),
+        args=_args_for_lightning(nulls_as_config(expand_fragments(raw)), given=args is not None),
         run=run,
         auto_configure_optimizers=False,
     )
+
+
+def build_experiment(config: str | os.PathLike, *overrides: str):
+    """The task and the DataModule of an experiment file, built as ``lseg fit --config config
+    *overrides`` builds them (benchmarks and notebooks use it, so that what they measure is what
+    users run). The network is ``task.model``.
+
+    Example::
+
+        task, data = build_experiment("experiments/deeplabv3plus_r50_camvid_80e.yaml",
+                                      "--model.init_args.model.init_args.backbone.init_args.weights=null")
+    """
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the caller's own arguments are not lseg's
+    try:
+        cli = main(["--config", str(config), *overrides], run=False)
+    finally:
+        sys.argv = argv
+    return cli.model, cli.datamodule
 
 
 def _args_for_lightning(expanded: list[str], given: bool) -> list[str] | None:

@@ -138,3 +138,31 @@ def test_experiment_runs_one_step(path: Path, world: Path, tmp_path: Path, monke
     assert cli.trainer.state.finished, f"{path.name}: fit did not finish"
     logged = cli.trainer.logged_metrics
     assert "train/loss" in logged or "train/loss_step" in logged, sorted(logged)
+
+
+def _builders():
+    from lightning_seg.models.detectors.deeplab import deeplabv3_resnet50, deeplabv3plus_resnet50
+    from lightning_seg.models.detectors.fcn import fcn8s_vgg16
+    from lightning_seg.models.detectors.mask_rcnn import mask_rcnn_r50_fpn
+
+    pretrained = "IMAGENET1K_V1"
+    return {
+        "deeplabv3_r50_camvid_80e": lambda k: deeplabv3_resnet50(k, weights_backbone=pretrained),
+        "deeplabv3plus_r50_camvid_80e": lambda k: deeplabv3plus_resnet50(k, weights_backbone=pretrained),
+        "fcn8s_vgg16_camvid_80e": lambda k: fcn8s_vgg16(k, weights=pretrained),
+        "mask_rcnn_r50_fpn_coco_1x": lambda k: mask_rcnn_r50_fpn(k, weights_backbone=pretrained),
+    }
+
+
+@pytest.mark.parametrize("experiment", sorted(_builders()))
+def test_builders_equal_the_experiments(experiment: str, monkeypatch):
+    """A convenience builder and the experiment users run describe the same network (the
+    DeepLab v3+ builder once had multi-grid (1, 2, 4) and the experiments not)."""
+    from lightning_seg.cli import build_experiment
+
+    monkeypatch.chdir(REPO)
+    task, data = build_experiment(REPO / "experiments" / f"{experiment}.yaml")
+    built = _builders()[experiment](data.num_classes)
+    assert repr(built) == repr(task.model)
+    shapes = {k: tuple(v.shape) for k, v in task.model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in built.state_dict().items()}

@@ -149,8 +149,9 @@ def test_grid_sweep_runs_every_trial_in_parallel(grid_sweep):
         assert t["attempts"] == 1 and t["returncode"] == 0 and t["error"] is None
         assert f"--{UNET}.base_channels={t['params'][f'{UNET}.base_channels']}" in t["command"]
         config = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
-        assert config["model"]["init_args"]["model"]["init_args"]["base_channels"] == t["params"][f"{UNET}.base_channels"]
-        assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == t["params"]["model.init_args.optimizer.init_args.lr"]
+        task = config["model"]["init_args"]
+        assert task["model"]["init_args"]["base_channels"] == t["params"][f"{UNET}.base_channels"]
+        assert task["optimizer"]["init_args"]["lr"] == t["params"]["model.init_args.optimizer.init_args.lr"]
         result = t["result"]
         assert 0.0 <= result["best"] <= 1.0 and result["final"] <= result["best"] + 1e-12
         assert result["cost/params"] > 0 and result["cost/flops"] > 0 and result["cost/latency_ms"] > 0

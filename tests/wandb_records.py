@@ -54,7 +54,7 @@ def run_facts(path: Path) -> dict:
         record = pb.Record()
         try:
             record.ParseFromString(raw)
-        except Exception:  # noqa: BLE001, S112 - a torn last record
+        except Exception:  # a torn last record
             continue
         kind = record.WhichOneof("record_type")
         if kind == "run":

@@ -172,7 +172,7 @@ class RunCost(Callback):
             out["cost/latency_images"] = float(images)
             h, w = batch.image_sizes[0]
             out["cost/input_height"], out["cost/input_width"] = float(h), float(w)
-        except Exception as exc:  # noqa: BLE001 - a measurement must never fail a finished run
+        except Exception as exc:  # a measurement must never fail a finished run
             print(f"[lseg] RunCost: FLOPs / latency not measured ({type(exc).__name__}: {exc})", flush=True)
         finally:
             network.train(was_training)
@@ -184,7 +184,7 @@ class RunCost(Callback):
         if loaders is None and trainer.datamodule is not None:
             try:
                 loaders = trainer.datamodule.val_dataloader()
-            except Exception:  # noqa: BLE001 - a DataModule without validation data
+            except Exception:  # a DataModule without validation data
                 loaders = None
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if loaders else None

@@ -104,7 +104,9 @@ class RunSummary(Callback):
             if isinstance(cb, ModelCheckpoint):
                 best = cb.best_model_path or cb.last_model_path
                 if best:
-                    score = f" ({cb.monitor}={float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
+                    score = ""
+                    if cb.best_model_score is not None:
+                        score = f" ({cb.monitor}={float(cb.best_model_score):.4f})"
                     lines.append(f"  checkpoint:   {Path(best).resolve()}{score}")
                 if cb.last_model_path:
                     lines.append(f"  last ckpt:    {Path(cb.last_model_path).resolve()} (resume: --ckpt_path)")
@@ -132,7 +134,9 @@ def describe_cost(cost: dict[str, float]) -> str:
     """``11.2 M params, 3.41 GFLOPs/image at 128x160, latency 12.3 ms, train step 345 ms``."""
     parts = [f"{cost['cost/params'] / 1e6:.3g} M params"]
     if "cost/flops" in cost:
-        size = f" at {cost['cost/input_height']:.0f}x{cost['cost/input_width']:.0f}" if "cost/input_height" in cost else ""
+        size = ""
+        if "cost/input_height" in cost:
+            size = f" at {cost['cost/input_height']:.0f}x{cost['cost/input_width']:.0f}"
         parts.append(f"{cost['cost/flops'] / 1e9:.3g} GFLOPs/image{size}")
     if "cost/latency_ms" in cost:
         parts.append(f"latency {cost['cost/latency_ms']:.3g} ms")

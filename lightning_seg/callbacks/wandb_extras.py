@@ -27,7 +27,9 @@ def class_names_of(pl_module) -> list[str]:
     return [str(n) for n in names] if names else []
 
 
-def per_class_values(metrics: dict[str, float], stage: str, class_names: list[str]) -> tuple[list[str], dict[str, dict[str, float]]]:
+def per_class_values(
+    metrics: dict[str, float], stage: str, class_names: list[str]
+) -> tuple[list[str], dict[str, dict[str, float]]]:
     """The per-class entries of logged metrics, ``{stage}/<metric>/<class>`` (``val/IoU/sky``,
     ``val/segm/AP/person``), as ``(metric names, {class: {metric: value}})``."""
     classes = set(class_names)

@@ -80,7 +80,9 @@ class _ConvNativeBackward(torch.autograd.Function):
     """``conv2d`` (stride 1, no groups) whose backward runs with oneDNN switched off."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+    def forward(
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int], dilation: tuple[int, int]
+    ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.padding, ctx.dilation = padding, dilation

@@ -150,7 +150,8 @@ def write_plots(records: Sequence[RunRecord], params: Sequence[str], metric: Met
     out: list[Path | None] = []
     for p in params:
         others = [o for o in params if o != p]
-        out.append(plot_metric_vs_param(records, p, others, metric, folder / f"{slug}_vs_{names[p].replace('/', '_')}.png"))
+        png = folder / f"{slug}_vs_{names[p].replace('/', '_')}.png"
+        out.append(plot_metric_vs_param(records, p, others, metric, png))
     out.append(plot_curves(records, params, metric, folder / f"{slug}_curves.png"))
     out.append(plot_cost(records, metric, folder / f"{slug}_vs_cost.png"))
     return [p for p in out if p is not None]

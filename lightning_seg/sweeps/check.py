@@ -3,9 +3,9 @@ config and every value type-checks, before any trial runs (``lseg sweep --dry-ru
 of every file in ``experiments/sweeps/``).
 
 Each value is parsed exactly as a trial passes it (``--name=value``, or an inline ``--config``
-for ``null``, after ``--config EXPERIMENT``) by the parser ``lseg fit`` builds; nothing is instantiated, so no data or weights
-are needed. A value must also land where the name says: a path that jsonargparse accepted but
-that leaves the config unchanged is reported too.
+for ``null``, after ``--config EXPERIMENT``) by the parser ``lseg fit`` builds; nothing is
+instantiated, so no data or weights are needed. A value must also land where the name says: a
+path that jsonargparse accepted but that leaves the config unchanged is reported too.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def check_sweep(spec: SweepSpec) -> list[str]:
         base = expand_fragments(["--config", str(spec.root / experiment)])
         try:
             parser.parse_args(base)
-        except Exception as exc:  # noqa: BLE001 - reported, never raised here
+        except Exception as exc:  # reported, never raised here
             problems.append(f"{experiment}: does not parse on its own: {_first_line(exc)}")
             continue
         for p in spec.parameters:
@@ -97,7 +97,7 @@ def check_sweep(spec: SweepSpec) -> list[str]:
 def _check_value(parser, base: list[str], name: str, value: Any) -> str | None:
     try:
         cfg = parser.parse_args([*base, *param_args(name, value)])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _first_line(exc)
     try:
         got = _get(cfg, name)

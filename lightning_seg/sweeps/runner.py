@@ -258,7 +258,7 @@ def visible_gpus() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no CUDA: CPU trials
+    except Exception:  # no CUDA: CPU trials
         return []
 
 
@@ -371,12 +371,12 @@ class LocalSweep:
         env.update(slot_env(slot, options.parallel, devices))
         env["LSEG_SWEEP"] = self.spec.name
         env["LSEG_SWEEP_TRIAL"] = trial.id
-        handle = open(log, "w")  # noqa: SIM115 - the trial writes to it until it ends
+        handle = open(log, "w")  # the trial writes to it until it ends
         handle.write(f"# {display_command(trial.command)}\n")
         handle.flush()
         proc = subprocess.Popen(
             trial.command, cwd=self.spec.root, stdout=handle, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+            start_new_session=True, preexec_fn=_die_with_parent,  # no threads here
         )
         trial.pid = proc.pid
         env_note = ', '.join(f'{k}={v}' for k, v in slot_env(slot, options.parallel, devices).items())

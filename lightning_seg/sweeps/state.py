@@ -132,7 +132,7 @@ class FolderLock:
         self.path = folder / ".lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> FolderLock:  # noqa: PYI034
+    def __enter__(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -173,7 +173,8 @@ def test_semantic_map_follows_image_and_padding_is_ignored():
     image = sample.semantic.clamp(max=9).to(torch.uint8).mul(20).expand(3, H, W).contiguous()
     sample = Sample(image, sample.meta, sample.instances, sample.semantic, sample.panoptic)
     t = AlbumentationsTransform(
-        [A.PadIfNeeded(min_height=40, min_width=40, p=1.0), A.RandomScale((-0.3, -0.3), interpolation=cv2.INTER_NEAREST, p=1.0),
+        [A.PadIfNeeded(min_height=40, min_width=40, p=1.0),
+         A.RandomScale((-0.3, -0.3), interpolation=cv2.INTER_NEAREST, p=1.0),
          A.RandomCrop(25, 25, p=1.0)],
         ignore_index=255,
         seed=3,

@@ -28,7 +28,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_panoptic_json_table_and_errors(capsys, tmp_path):
     gt_json, gt_dir, pred_json, pred_dir = make_case(tmp_path, 5, num_images=3)
-    args = ["panoptic", "--gt-json", gt_json, "--gt-folder", gt_dir, "--pred-json", pred_json, "--pred-folder", pred_dir]
+    args = ["panoptic", "--gt-json", gt_json, "--gt-folder", gt_dir,
+            "--pred-json", pred_json, "--pred-folder", pred_dir]
     code, out, _ = run_cli(capsys, *args, "--json")
     assert code == 0
     res = json.loads(out)
@@ -52,18 +53,21 @@ def test_panoptic_json_table_and_errors(capsys, tmp_path):
 def test_panoptic_real_sample(capsys, shared_data):
     root = shared_data / "panoptic" / "coco_panoptic_sample"
     j, d = root / "panoptic_examples.json", root / "panoptic_examples"
-    code, out, _ = run_cli(capsys, "panoptic", "--gt-json", j, "--gt-folder", d, "--pred-json", j, "--pred-folder", d, "--json")
+    code, out, _ = run_cli(capsys, "panoptic", "--gt-json", j, "--gt-folder", d, "--pred-json", j,
+                           "--pred-folder", d, "--json")
     assert code == 0 and json.loads(out)["All"]["pq"] == 1.0
 
 
 def test_semantic(capsys, shared_data, tmp_path):
     gt_dir = shared_data / "semantic" / "camvid_smoke" / "testannot"
     names = "Sky Building Pole Road Pavement Tree SignSymbol Fence Car Pedestrian Bicyclist".split()
-    code, out, _ = run_cli(capsys, "semantic", "--gt", gt_dir, "--pred", gt_dir, "--num-classes", 11, "--ignore-index", 11, "--json")
+    code, out, _ = run_cli(capsys, "semantic", "--gt", gt_dir, "--pred", gt_dir, "--num-classes", 11,
+                           "--ignore-index", 11, "--json")
     res = json.loads(out)
     assert code == 0 and res["mIoU"] == 1.0 and res["pixel_acc"] == 1.0 and len(res["IoU"]) == 11
     code, out, _ = run_cli(
-        capsys, "semantic", "--gt", gt_dir, "--pred", gt_dir, "--num-classes", 11, "--ignore-index", 11, "--class-names", *names
+        capsys, "semantic", "--gt", gt_dir, "--pred", gt_dir, "--num-classes", 11, "--ignore-index", 11,
+        "--class-names", *names
     )
     assert code == 0 and "Bicyclist" in out and "mIoU" in out
     # a prediction of the wrong size
@@ -71,7 +75,8 @@ def test_semantic(capsys, shared_data, tmp_path):
     pred_dir.mkdir()
     for p in gt_dir.glob("*.png"):
         Image.fromarray(np.zeros((7, 9), np.uint8)).save(pred_dir / p.name)
-    code, _, err = run_cli(capsys, "semantic", "--gt", gt_dir, "--pred", pred_dir, "--num-classes", 11, "--ignore-index", 11)
+    code, _, err = run_cli(capsys, "semantic", "--gt", gt_dir, "--pred", pred_dir, "--num-classes", 11,
+                           "--ignore-index", 11)
     assert code == 2 and "(7, 9)" in err
 
 
@@ -98,8 +103,10 @@ def test_keypoints(capsys, shared_data, tmp_path):
     gt = shared_data / "keypoints" / "mmpose_samples" / "300w" / "test_300w.json"
     data = json.loads(gt.read_text())
     dt = tmp_path / "dt.json"
-    dt.write_text(json.dumps([{"image_id": a["image_id"], "keypoints": a["keypoints"], "score": 1} for a in data["annotations"]]))
-    code, out, _ = run_cli(capsys, "keypoints", "--gt", gt, "--dt", dt, "--metric", "nme", "--norm-keypoints", 36, 45, "--json")
+    records = [{"image_id": a["image_id"], "keypoints": a["keypoints"], "score": 1} for a in data["annotations"]]
+    dt.write_text(json.dumps(records))
+    code, out, _ = run_cli(capsys, "keypoints", "--gt", gt, "--dt", dt, "--metric", "nme",
+                           "--norm-keypoints", 36, 45, "--json")
     res = json.loads(out)
     assert code == 0 and res["nme"] == 0.0 and res["failure_rate"] == 0.0
     assert res["auc"] == pytest.approx(1.0, abs=1e-9)  # fixed-point sums: within 2**-32
@@ -152,5 +159,6 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["semantic", "--gt", "x"])
     assert exc.value.code == 2 and "--pred" in capsys.readouterr().err
-    code, _, err = run_cli(capsys, "panoptic", "--gt-json", "/nonexistent.json", "--gt-folder", ".", "--pred-json", "/nonexistent.json", "--pred-folder", ".")
+    code, _, err = run_cli(capsys, "panoptic", "--gt-json", "/nonexistent.json", "--gt-folder", ".",
+                           "--pred-json", "/nonexistent.json", "--pred-folder", ".")
     assert code == 2 and "/nonexistent.json: JSON file not found" in err

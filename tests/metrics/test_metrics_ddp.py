@@ -22,7 +22,9 @@ WORLD_SIZE = 2
 THINGS, STUFF = [0, 1, 2], [3, 4]
 
 
-def _panoptic(rng: np.random.Generator, h: int, w: int, base: np.ndarray | None = None, crowd: bool = True) -> PanopticTargets:
+def _panoptic(
+    rng: np.random.Generator, h: int, w: int, base: np.ndarray | None = None, crowd: bool = True
+) -> PanopticTargets:
     """Random blocky segment map (small ids), or a noisy copy of ``base``."""
     if base is None:
         seg = np.repeat(np.repeat(rng.integers(0, 9, (h // 3 + 1, w // 4 + 1)), 3, 0), 4, 1)[:h, :w]
@@ -123,7 +125,8 @@ def test_ddp_equals_single_process(tmp_path):
         for key, value in res.items():
             other = ddp[name][key]
             assert other.dtype == value.dtype, (name, key)
-            assert torch.equal(torch.nan_to_num(other, nan=-7.0), torch.nan_to_num(value, nan=-7.0)), (name, key, value, other)
+            same = torch.equal(torch.nan_to_num(other, nan=-7.0), torch.nan_to_num(value, nan=-7.0))
+            assert same, (name, key, value, other)
     # the data must make the comparison meaningful
     assert 0 < float(single["pq"]["pq"]) < 1 and 0 < float(single["vpq"]["vpq"]) < 1
     assert 0 < float(single["sem"]["mIoU"]) < 1 and 0 < float(single["pck"]["pck"]) < 1

@@ -107,7 +107,9 @@ def _ref_pq_average(stats, categories, isthing):
         pq += st["iou"] / d
         sq += st["iou"] / st["tp"] if st["tp"] else 0
         rq += st["tp"] / d
-    return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n} if n else {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0}
+    if not n:
+        return {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0}
+    return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}
 
 
 def reference_vpq(videos, categories, nframes_list=(1, 2, 3, 4)):
@@ -275,8 +277,10 @@ def _write_files(root, videos, shuffle_rng=None):
             Image.fromarray(_id2rgb(g)).save(root / "gt" / name)
             Image.fromarray(_id2rgb(p)).save(root / "pred" / name)
             gt["images"].append({"id": image_id, "file_name": name, "video_id": f"video{v}", "frame_id": t * 5})
-            gt["annotations"].append({"image_id": image_id, "file_name": name, "segments_info": gt_json["segments_info"]})
-            pred["annotations"].append({"image_id": image_id, "file_name": name, "segments_info": pred_json["segments_info"]})
+            gt["annotations"].append(
+                {"image_id": image_id, "file_name": name, "segments_info": gt_json["segments_info"]})
+            pred["annotations"].append(
+                {"image_id": image_id, "file_name": name, "segments_info": pred_json["segments_info"]})
             image_id += 1
     if shuffle_rng is not None:  # frame order must come from frame_id, not from the file order
         shuffle_rng.shuffle(gt["images"])
@@ -306,11 +310,14 @@ def test_files_equal_reference(tmp_path):
 def test_bad_frames_raise():
     m = VideoPanopticQualityMetric(things=[0], stuff=[1])
     seg = torch.tensor([[1, 1], [2, 2]])
-    t = PanopticTargets(seg, torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([True, False]), torch.zeros(2, dtype=torch.bool))
-    p = PanopticTargets(seg, torch.tensor([1]), torch.tensor([0]), torch.tensor([True]), torch.zeros(1, dtype=torch.bool))
+    t = PanopticTargets(seg, torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([True, False]),
+                        torch.zeros(2, dtype=torch.bool))
+    p = PanopticTargets(seg, torch.tensor([1]), torch.tensor([0]), torch.tensor([True]),
+                        torch.zeros(1, dtype=torch.bool))
     with pytest.raises(ValueError, match="frame 0"):
         m.update([p], [t])
-    bad = PanopticTargets(seg, torch.tensor([1, 2]), torch.tensor([0, 4]), torch.tensor([True, False]), torch.zeros(2, dtype=torch.bool))
+    bad = PanopticTargets(seg, torch.tensor([1, 2]), torch.tensor([0, 4]), torch.tensor([True, False]),
+                          torch.zeros(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="outside things/stuff"):
         m.update([bad], [t])
 

@@ -297,21 +297,21 @@ def mask_ap50(preds: list[InstancePredictions], targets: list[InstanceTargets]) 
 
 
 def test_overfit_coco_mini_mask_ap50(shared_data):
-    """Memorise the 6 real COCO images (short side 200): mask AP50 >= 0.9 on them.
+    """Memorise the 6 real COCO images (short side 200): mask AP50 >= 0.9 on them at two
+    consecutive evaluations (20 steps apart), so a single lucky evaluation does not pass.
 
     The anchors are the paper's 32..512 (for an 800-px short side) scaled to 200 px, so the
     bottles of 3x4 px have an anchor of their size (with 16..256, AP50 crept from 0.80 at step
-    100 to 0.907 at step 250). Seed 0 crosses 0.9 at step 140 (2 threads, about 2.5 min).
-    AP50 of these tiny masks swings by about 0.1 between evaluations: seeds 1 and 2 crossed at
-    steps 160 and 180, seed 3 swung between 0.58 and 0.89 and never crossed by step 300. So a
-    change in numerics (another CPU, other kernels) can move where this test crosses.
+    100 to 0.907 at step 250). AP50 of these tiny masks swings by about 0.1 between evaluations
+    early on; the history is in the failure message. Measured (seed 0, 2 threads, 2026-11-27):
+    0.834 at step 100, 0.900 at 120, 0.904 at 140, so it passes at step 140 (105 s).
     """
     batch, sizes, targets, _, info = load_coco_mini(shared_data, short_side=200)
     torch.manual_seed(0)
     model = tiny_mask_rcnn(num_classes=info.num_classes, anchor_sizes=(8, 16, 32, 64, 128))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ap50, history = 0.0, []
-    for step in range(300):
+    history = []
+    for step in range(MINI_STEPS):
         idx = [(3 * step + j) % len(sizes) for j in range(3)]
         model.train()
         losses = model(batch_of(batch[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
@@ -323,6 +323,11 @@ def test_overfit_coco_mini_mask_ap50(shared_data):
             with torch.no_grad():
                 ap50 = mask_ap50(model(batch_of(batch, sizes)), targets)
             history.append((step + 1, round(ap50, 3)))
-            if ap50 >= 0.9:
+            if len(history) >= 2 and min(ap for _, ap in history[-2:]) >= 0.9:
                 break
-    assert ap50 >= 0.9, f"mask AP50 by step: {history}"
+    assert len(history) >= 2 and min(ap for _, ap in history[-2:]) >= 0.9, (
+        f"mask AP50 by step: {history}"
+    )
+
+
+MINI_STEPS = 360

@@ -4,5 +4,23 @@ from lightning_seg.models.heads.anchors import AnchorGenerator
 from lightning_seg.models.heads.box_head import BoxRoIHead
 from lightning_seg.models.heads.mask_head import MaskRoIHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
+from lightning_seg.models.heads.yolact import (
+    MaskIoUHead,
+    ProtoNet,
+    YolactAnchors,
+    YolactHead,
+    YolactSemanticHead,
+)
 
-__all__ = ["RPN", "AnchorGenerator", "BoxRoIHead", "MaskRoIHead", "RPNHead"]
+__all__ = [
+    "RPN",
+    "AnchorGenerator",
+    "BoxRoIHead",
+    "MaskIoUHead",
+    "MaskRoIHead",
+    "ProtoNet",
+    "RPNHead",
+    "YolactAnchors",
+    "YolactHead",
+    "YolactSemanticHead",
+]

@@ -120,7 +120,10 @@ class BorderWeightedCrossEntropy(CrossEntropyLoss):
         w0: border weight (10 in the paper).
         sigma: border width in pixels (about 5 in the paper).
         balance_classes: the ``w_c`` term (inverse foreground / background frequency).
-        object_classes: classes whose connected regions are objects; None: every class but 0.
+        object_classes: classes whose connected regions are objects; None: the dataset's thing
+            classes when it has stuff classes too, else every class but 0 (the paper's cells on
+            background).
+        thing_classes: the dataset's thing classes (filled from the dataset).
     """
 
     def __init__(
@@ -132,8 +135,10 @@ class BorderWeightedCrossEntropy(CrossEntropyLoss):
         sigma: float = 5.0,
         balance_classes: bool = True,
         object_classes: Sequence[int] | None = None,
+        thing_classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__(ignore_index, class_weights, loss_weight)
+        self.thing_classes = None if thing_classes is None else [int(c) for c in thing_classes]
         self.w0 = w0
         self.sigma = sigma
         self.balance_classes = balance_classes
@@ -150,7 +155,11 @@ class BorderWeightedCrossEntropy(CrossEntropyLoss):
                 out[:h, :w][masks[k].to(out.device)] = k + 1
             return out
         labels = batch.semantic[i]
-        classes = self.object_classes or list(range(1, num_classes))
+        classes = self.object_classes
+        if classes is None and self.thing_classes is not None and len(self.thing_classes) < num_classes:
+            classes = self.thing_classes
+        if classes is None:
+            classes = list(range(1, num_classes))
         offset = 0
         for c in classes:
             comp = connected_components(labels == c)
