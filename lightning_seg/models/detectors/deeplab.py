@@ -38,11 +38,10 @@ from lightning_seg.layers.separable import SeparableConv2d
 from lightning_seg.models.backbones.resnet import ResNetBackbone
 from lightning_seg.models.backbones.vgg import VGGBackbone
 from lightning_seg.models.backbones.xception import XceptionBackbone
-from lightning_seg.models.detectors.semantic import SemanticSegmentor
+from lightning_seg.models.detectors.semantic import SemanticSegmentor, check_backbone_features
 from lightning_seg.models.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
-
 
 
 class DeepLabV1(SemanticSegmentor):
@@ -75,8 +74,7 @@ class DeepLabV1(SemanticSegmentor):
     ) -> None:
         super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
                          inference_stride)
-        if in_feature not in backbone.out_channels:
-            raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
+        check_backbone_features(backbone, (in_feature,))
         self.backbone = backbone
         self.in_feature = in_feature
         self.classifier = nn.Conv2d(backbone.out_channels[in_feature], self.num_classes, 1)
@@ -123,8 +121,7 @@ class DeepLabV2(SemanticSegmentor):
     ) -> None:
         super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
                          inference_stride)
-        if in_feature not in backbone.out_channels:
-            raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
+        check_backbone_features(backbone, (in_feature,))
         self.backbone = backbone
         self.in_feature = in_feature
         self.aspp = SummedASPP(backbone.out_channels[in_feature], self.num_classes, tuple(aspp_rates),
@@ -189,8 +186,7 @@ class DeepLabV3(SemanticSegmentor):
         super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
                          inference_stride)
         num_classes = self.num_classes
-        if in_feature not in backbone.out_channels:
-            raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
+        check_backbone_features(backbone, (in_feature,))
         self.backbone = backbone
         self.in_feature = in_feature
         rates = tuple(aspp_rates) if aspp_rates is not None else _default_rates(backbone.strides[in_feature])
@@ -265,9 +261,7 @@ class DeepLabV3Plus(SemanticSegmentor):
         super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
                          inference_stride)
         num_classes = self.num_classes
-        for name in (in_feature, low_level_feature):
-            if name not in backbone.out_channels:
-                raise ValueError(f"backbone has no feature {name!r}; it gives {list(backbone.out_channels)}")
+        check_backbone_features(backbone, (in_feature, low_level_feature))
         self.backbone = backbone
         self.in_feature = in_feature
         self.low_level_feature = low_level_feature
