@@ -107,7 +107,9 @@ class InstanceSegmentationTask(BaseTask):
         per_class = {"per_class": per_class_ap, "class_names": list(self.info.class_names)}
         self.val_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids, **per_class)
         self.test_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids, **per_class)
-        self._results: list[dict] = []
+        # COCO results per output folder: two prediction writers (the defaults' and a user's) must
+        # not share one list, or the second writes an empty file
+        self._results: dict[str, list[dict]] = {}
 
     def update_metrics(self, metric, batch: Batch, predictions: list[InstancePredictions]) -> None:
         if batch.instances is None:
@@ -162,7 +164,8 @@ class InstanceSegmentationTask(BaseTask):
 
         (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
         image_ids = [m.image_id for m in batch.meta]
-        self._results.extend(predictions_to_coco_results(outputs, image_ids, self.info.category_ids))
+        results = self._results.setdefault(str(output_dir), [])
+        results.extend(predictions_to_coco_results(outputs, image_ids, self.info.category_ids))
         for i, pred in enumerate(outputs):
             image = self._orig_image(batch, i)
             picture = draw_instances(image, pred, self.info.class_names, self.info.palette,
@@ -174,5 +177,4 @@ class InstanceSegmentationTask(BaseTask):
         """Write the COCO results JSON (``results.json``) gathered over the predict run."""
         output_dir.mkdir(parents=True, exist_ok=True)
         with open(output_dir / "results.json", "w") as f:
-            json.dump(self._results, f)
-        self._results = []
+            json.dump(self._results.pop(str(output_dir), []), f)

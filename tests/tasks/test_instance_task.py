@@ -99,6 +99,8 @@ def test_predict_writes_coco_results_and_overlays(trained, tmp_path, monkeypatch
           "--trainer.callbacks+=lightning_seg.callbacks.PredictionWriter",
           f"--trainer.callbacks.output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
+    # score_thresh 0 keeps detections; the defaults' writer runs too and must not empty this file
+    assert results, "results.json is empty"
     world = Path(yaml.safe_load(config.read_text())["data"]["init_args"]["root"])
     gt = json.loads((world / "val" / "instances.json").read_text())
     image_ids = {im["id"] for im in gt["images"]}
