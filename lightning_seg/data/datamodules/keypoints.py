@@ -28,7 +28,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_seg.constants import FACE_NME_NORM, FACE_NUM_LANDMARKS
 from lightning_seg.data.datamodules.base import (
@@ -88,6 +89,23 @@ class TopDownDataModule(SegDataModule):
             color_range=color_range, seed=augment_seed,
         )
         self.val_transform = TopDownAffine(self.input_size, train=False, box_padding=box_padding)
+
+    def train_dataloader(self) -> DataLoader:
+        """The base class's loader with the last incomplete batch dropped when there is more
+        than one batch: a lone crop cannot train BatchNorm at the 1 x 1 bottom of an
+        hourglass."""
+        if self.train_dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup('fit') before train_dataloader()")
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collate(),
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
 
 
 # ------------------------------------------------------------------------------------ MPII
