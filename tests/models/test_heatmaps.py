@@ -156,3 +156,24 @@ def test_flip_back_is_exact_in_the_continuous_frame():
     torch.testing.assert_close(back, pts)
     with pytest.raises(ValueError):
         flip_back_heatmaps(hm, [0, 1])
+
+
+def test_oks_matrix_and_nms_against_the_formula():
+    from lightning_seg.ops.keypoints import oks_matrix, oks_nms
+
+    sigmas = [0.05, 0.1]
+    a = torch.tensor([[10.0, 10.0, 0.9], [20.0, 10.0, 0.9]])
+    b = a.clone()
+    b[:, 0] += 3.0
+    c = a.clone()
+    c[1, 2] = 0.1  # its second keypoint is below the score threshold
+    kpts, areas = torch.stack([a, b, c]), torch.tensor([400.0, 600.0, 400.0])
+    oks = oks_matrix(kpts, areas, sigmas, score_thresh=0.2)
+    s2 = 500.0  # mean area of a and b
+    ref = sum(math.exp(-9.0 / (2 * s2 * (2 * s) ** 2)) for s in sigmas) / 2
+    assert oks[0, 1].item() == pytest.approx(ref) and oks[1, 0].item() == pytest.approx(ref)
+    assert oks[0, 2].item() == pytest.approx(1.0)  # only the first keypoint counts: identical
+    # best first: b (0.9) keeps c (OKS 0.41 on the one shared keypoint), c suppresses a (OKS 1)
+    keep = oks_nms(kpts, torch.tensor([0.5, 0.9, 0.7]), areas, sigmas, thresh=0.9)
+    assert keep.tolist() == [1, 2]
+    assert oks_nms(kpts, torch.tensor([0.5, 0.9, 0.7]), areas, sigmas, thresh=1.0).tolist() == [1, 2, 0]
