@@ -209,7 +209,7 @@ def gaussian_blur(heatmaps: Tensor, sigma: float) -> Tensor:
     if sigma <= 0:
         return heatmaps
     b, k, h, w = heatmaps.shape
-    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = max(1, math.ceil(3 * sigma))
     taps = torch.arange(-radius, radius + 1, dtype=heatmaps.dtype, device=heatmaps.device)
     kernel = torch.exp(-(taps**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()

@@ -86,7 +86,7 @@ def test_pck_pckh_nme_with_the_dataset_normalisers():
 
 
 def test_detection_samples_add_predictions_only(shared_data):
-    path, preds, targets, ids = _coco_case(shared_data, 1.0)
+    _, preds, targets, ids = _coco_case(shared_data, 1.0)
     m = TopDownKeypointMetrics(("oks", "pck"), 17, kpt_sigmas=[0.05] * 17)
     empty = [KeypointTargets(torch.zeros(1, 17, 3), t.image_size, boxes=t.boxes) for t in targets]
     m.update(preds, empty, ids)

@@ -11,7 +11,13 @@ import torch
 
 from lightning_seg.data.topdown import TopDownAffine
 from lightning_seg.models.postprocess.keypoints import targets_to_original_frame, to_original_frame
-from lightning_seg.ops.affine import apply_affine, box_center_size, crop_matrix, invert_affine, warp_image
+from lightning_seg.ops.affine import (
+    apply_affine,
+    box_center_size,
+    crop_matrix,
+    invert_affine,
+    warp_image,
+)
 from lightning_seg.structures import AffineCrop, DatasetInfo, KeypointTargets, Sample, SampleMeta
 
 
@@ -43,7 +49,7 @@ def test_warp_image_agrees_with_the_matrix_on_a_linear_image():
     equal the image's value at the inverse-mapped continuous point (j + .5, i + .5)."""
     h, w = 60, 80
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    f = lambda x, y: 2.0 * x - 0.5 * y + 30.0  # noqa: E731
+    f = lambda x, y: 2.0 * x - 0.5 * y + 30.0
     image = f(xs + 0.5, ys + 0.5).astype(np.float32)[..., None].repeat(3, -1)
     m = crop_matrix((41.3, 29.8), (30.0, 40.0), (48, 36), rotation=23.0, flip=True)
     out = warp_image(image, m, (48, 36))[..., 0]

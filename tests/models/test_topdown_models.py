@@ -26,7 +26,11 @@ from lightning_seg.models.detectors.topdown import (
     simple_baseline_resnet,
     stacked_hourglass,
 )
-from lightning_seg.models.heads.keypoints import HourglassHeatmapHead, RegressionHead, SimpleBaselineHead
+from lightning_seg.models.heads.keypoints import (
+    HourglassHeatmapHead,
+    RegressionHead,
+    SimpleBaselineHead,
+)
 from lightning_seg.ops.affine import crop_matrix
 from lightning_seg.structures import AffineCrop, Batch, KeypointTargets, SampleMeta
 
