@@ -101,8 +101,9 @@ class KeypointTask(BaseTask):
 
         self.val_metrics = make()
         self.test_metrics = make()
-        self._results: list[dict] = []
-        self._nms_rows: list[tuple[Tensor, float, bool]] = []  # per result: keypoints, area, detection
+        # per output folder (two prediction writers must not share one list): the results and,
+        # per result, (keypoints, area, from a detection) for OKS NMS
+        self._pending: dict[str, tuple[list[dict], list[tuple[Tensor, float, bool]]]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -167,6 +168,7 @@ class KeypointTask(BaseTask):
     def write_predictions(self, batch: Batch, outputs: list[KeypointPredictions], output_dir: Path) -> None:
         """Collect COCO keypoint results and write ``overlays/<image>_<n>.png`` of each crop."""
         (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
+        results, nms_rows = self._pending.setdefault(str(output_dir), ([], []))
         category = int(self.info.category_ids[0]) if self.info.category_ids else 1
         skeleton = [tuple(p) for p in self.info.skeleton]
         for i, pred in enumerate(outputs):
@@ -182,43 +184,43 @@ class KeypointTask(BaseTask):
                 }
                 if targets is not None and targets.ids is not None and int(targets.ids[n]) >= 0:
                     record["annotation_id"] = int(targets.ids[n])
-                self._results.append(record)
+                results.append(record)
                 detected = targets is not None and targets.scores is not None
                 box = pred.boxes[n] if pred.boxes is not None else torch.zeros(4)
                 area = float((box[2] - box[0]) * (box[3] - box[1]))
-                self._nms_rows.append((pred.keypoints[n].detach().cpu(), area, detected))
+                nms_rows.append((pred.keypoints[n].detach().cpu(), area, detected))
             image = to_uint8_image(batch.images[i], batch.image_sizes[i])
             picture = draw_skeleton(image, self._crop_points(pred, batch, i), skeleton, self.colors,
                                     self.vis_score_thresh)
-            stem = f"{Path(meta.file_name).stem}_{len(self._results):06d}"
+            stem = f"{Path(meta.file_name).stem}_{len(results):06d}"
             Image.fromarray(to_numpy(picture)).save(output_dir / "overlays" / f"{stem}.png")
 
     def finish_predictions(self, output_dir: Path) -> None:
         """Write the COCO keypoint results JSON (``results.json``), after OKS NMS of the
         results from detections (``oks_nms_thresh``)."""
         output_dir.mkdir(parents=True, exist_ok=True)
-        keep = self._oks_nms_keep()
+        results, nms_rows = self._pending.pop(str(output_dir), ([], []))
+        keep = self._oks_nms_keep(results, nms_rows)
         with open(output_dir / "results.json", "w") as f:
-            json.dump([r for r, k in zip(self._results, keep) if k], f)
-        self._results, self._nms_rows = [], []
+            json.dump([r for r, k in zip(results, keep) if k], f)
 
-    def _oks_nms_keep(self) -> list[bool]:
+    def _oks_nms_keep(self, results: list[dict], nms_rows: list[tuple[Tensor, float, bool]]) -> list[bool]:
         """Which results survive OKS NMS (per image, among results from detections)."""
         from lightning_seg.ops.keypoints import oks_nms
 
-        keep = [True] * len(self._results)
+        keep = [True] * len(results)
         if self.oks_nms_thresh is None or not self.info.keypoint_sigmas:
             return keep
         groups: dict[int, list[int]] = {}
-        for j, (record, (_, _, detected)) in enumerate(zip(self._results, self._nms_rows)):
+        for j, (record, (_, _, detected)) in enumerate(zip(results, nms_rows)):
             if detected:
                 groups.setdefault(record["image_id"], []).append(j)
         for rows in groups.values():
             if len(rows) < 2:
                 continue
-            kpts = torch.stack([self._nms_rows[j][0] for j in rows])  # [N, K, 3]
-            areas = torch.tensor([self._nms_rows[j][1] for j in rows])
-            scores = torch.tensor([self._results[j]["score"] for j in rows])
+            kpts = torch.stack([nms_rows[j][0] for j in rows])  # [N, K, 3]
+            areas = torch.tensor([nms_rows[j][1] for j in rows])
+            scores = torch.tensor([results[j]["score"] for j in rows])
             kept = set(oks_nms(kpts, scores, areas, self.info.keypoint_sigmas, self.oks_nms_thresh).tolist())
             for i, j in enumerate(rows):
                 keep[j] = i in kept
