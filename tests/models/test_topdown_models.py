@@ -242,20 +242,33 @@ def test_bf16_autocast_forward():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_yaml_fragment_equals_builder(monkeypatch):
+BUILDERS = {
+    "hourglass_8stack_mpii_100e": lambda k, f: stacked_hourglass(k, f, num_stacks=8),
+    "simplebaseline_r18_shapes_kp": lambda k, f: simple_baseline_resnet(
+        k, f, depth=18, deconv_channels=128, encoding="unbiased", sigma=1.5, decoder="dark"),
+    "regression_r18_shapes_kp": lambda k, f: regression_resnet(k, f, depth=18),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(BUILDERS))
+def test_builders_equal_the_experiments(experiment, monkeypatch):
     from pathlib import Path
 
-    from lightning_seg.cli import main
+    from lightning_seg.cli import build_experiment
 
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)
-    cli = main(["--config", str(repo / "experiments/models/hourglass_8stack.yaml"),
-                "--config", str(repo / "experiments/data/mpii.yaml"),
-                "--data.init_args.root", "/nonexistent"], run=False)
-    built = stacked_hourglass(16, [(0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)])
-    yaml_net = cli.model.model
-    assert [k for k in yaml_net.state_dict()] == [k for k in built.state_dict()]
-    assert all(a.shape == b.shape for a, b in zip(yaml_net.state_dict().values(), built.state_dict().values()))
-    assert yaml_net.head.targets.encoding == built.head.targets.encoding == "hourglass"
-    assert yaml_net.head.decoder == built.head.decoder == "quarter"
-    assert yaml_net.flip_permutation == built.flip_permutation
+    task, data = build_experiment(repo / "experiments" / f"{experiment}.yaml")
+    built = BUILDERS[experiment](data.num_keypoints, data.keypoint_flip_map)
+    net = task.model
+    assert repr(built) == repr(net)
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    assert built.flip_permutation == net.flip_permutation and built.flip_test == net.flip_test
+    if hasattr(built.head, "targets"):
+        assert vars(built.head.targets) == vars(net.head.targets)
+    if hasattr(built.head, "decoder"):
+        assert built.head.decoder == net.head.decoder
+    if experiment.startswith("hourglass"):
+        assert net.head.targets.encoding == "hourglass" and net.head.decoder == "quarter"
+        assert net.head.intermediate_supervision and net.backbone.num_stacks == 8
