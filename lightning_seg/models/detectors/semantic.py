@@ -88,6 +88,14 @@ class SemanticSegmentor(nn.Module, ABC):
                                    orig_sizes=batch.orig_sizes)
 
 
+def check_backbone_features(backbone: nn.Module, names: Sequence[str]) -> None:
+    """Raise a ValueError naming the features a backbone gives when one of ``names`` is not among
+    its ``out_channels``."""
+    for name in names:
+        if name not in backbone.out_channels:
+            raise ValueError(f"backbone has no feature {name!r}; it gives {list(backbone.out_channels)}")
+
+
 def _pad_to(logits: Tensor, h: int, w: int) -> Tensor:
     """Crop or zero-pad ``Tensor[B, K, h', w']`` logits at the bottom/right to ``(h, w)``."""
     logits = logits[..., :h, :w]
