@@ -49,7 +49,10 @@ def test_warp_image_agrees_with_the_matrix_on_a_linear_image():
     equal the image's value at the inverse-mapped continuous point (j + .5, i + .5)."""
     h, w = 60, 80
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    f = lambda x, y: 2.0 * x - 0.5 * y + 30.0
+
+    def f(x, y):
+        return 2.0 * x - 0.5 * y + 30.0
+
     image = f(xs + 0.5, ys + 0.5).astype(np.float32)[..., None].repeat(3, -1)
     m = crop_matrix((41.3, 29.8), (30.0, 40.0), (48, 36), rotation=23.0, flip=True)
     out = warp_image(image, m, (48, 36))[..., 0]

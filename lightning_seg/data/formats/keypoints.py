@@ -471,7 +471,10 @@ def mpii_records(
     if headbox_file is not None:
         norm = read_head_sizes(headbox_file, n)
     ids = np.arange(n, dtype=np.int64)
-    describe = lambda j: f"record [{j}] (image {names[j]!r})"
+
+    def describe(j: int) -> str:
+        return f"record [{j}] (image {names[j]!r})"
+
     keep = np.ones(n, dtype=bool)
     for mask, reason in (
         ((boxes[:, 2] <= boxes[:, 0]), "zero-size box (scale <= 0)"),
