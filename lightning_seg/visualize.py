@@ -104,3 +104,48 @@ def vstack(images: Sequence[Tensor], gap: int = 4) -> Tensor:
 def to_numpy(image: Tensor) -> np.ndarray:
     """uint8 ``Tensor[3, H, W]`` -> ``uint8[H, W, 3]`` for PIL / W&B."""
     return image.permute(1, 2, 0).contiguous().numpy()
+
+
+def draw_skeleton(
+    image: Tensor,
+    keypoints: Tensor,
+    skeleton: Sequence[tuple[int, int]],
+    colors: Sequence[tuple[int, int, int]],
+    score_thresh: float = 0.0,
+    radius: int = 2,
+    width: int = 1,
+    limb_color: tuple[int, int, int] = (255, 255, 255),
+) -> Tensor:
+    """Draw keypoints (one colour per keypoint) and their limbs over an image.
+
+    Args:
+        image: uint8 ``Tensor[3, H, W]``.
+        keypoints: ``Tensor[N, K, 3]`` ``(x, y, visibility or score)`` in the image's
+            continuous pixel frame; points whose third value is ``<= score_thresh`` are not
+            drawn (nor their limbs).
+        skeleton: limbs as keypoint index pairs.
+        colors: one RGB colour per keypoint.
+        score_thresh: see ``keypoints``.
+        radius: point radius in pixels.
+        width: limb width in pixels.
+        limb_color: colour of the limbs.
+
+    Returns:
+        uint8 ``Tensor[3, H, W]``.
+    """
+    from torchvision.utils import draw_keypoints
+
+    kpts = keypoints.detach().float().cpu()
+    if kpts.numel() == 0:
+        return image
+    xy = kpts[..., :2] - 0.5  # continuous frame -> pixel index (drawing convention)
+    shown = kpts[..., 2] > score_thresh  # [N, K]
+    out = image
+    if skeleton:
+        out = draw_keypoints(out, xy, connectivity=[tuple(p) for p in skeleton], colors=limb_color,
+                             radius=0, width=width, visibility=shown)
+    for k in range(kpts.shape[1]):
+        color = tuple(int(c) for c in colors[k % len(colors)])
+        out = draw_keypoints(out, xy[:, k : k + 1], colors=color, radius=radius,
+                             visibility=shown[:, k : k + 1])
+    return out

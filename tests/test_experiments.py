@@ -25,7 +25,9 @@ FRAGMENTS = sorted(p for d in ("models", "data", "schedules") for p in (REPO / "
 TASKS = {
     "lightning_seg.tasks.SemanticSegmentationTask": "semantic",
     "lightning_seg.tasks.InstanceSegmentationTask": "instance",
+    "lightning_seg.tasks.KeypointTask": "keypoints",
 }
+SYNTHETIC = ("SyntheticShapesDataModule", "SyntheticKeypointDataModule")
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +62,7 @@ def _merge(into: dict, new: dict) -> None:
 
 
 def _is_synthetic(path: Path) -> bool:
-    return resolved(path)["data"]["class_path"].endswith("SyntheticShapesDataModule")
+    return resolved(path)["data"]["class_path"].endswith(SYNTHETIC)
 
 
 def test_experiments_exist():
@@ -110,6 +112,12 @@ def _smoke_config(path: Path, world: Path, out: Path) -> Path:
                       "height": 64, "width": 96, "batch_size": 2, "num_workers": 0,
                       "persistent_workers": False, "pin_memory": False},
     }
+    if task == "keypoints":  # top-down crops of the same world (64 x 64 suits every network)
+        args = cfg["data"]["init_args"]
+        del args["task"]
+        args["input_size"] = [64, 64]
+        cfg["data"]["class_path"] = "lightning_seg.data.datamodules.SyntheticKeypointDataModule"
+        cfg["model"]["init_args"]["metrics"] = ["pck", "oks"]  # the world has no head / eye norms
     trainer = cfg.setdefault("trainer", {})
     for key in ("devices", "strategy", "precision"):
         trainer.pop(key, None)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_seg.structures.base import TensorStruct, per_image
+from lightning_seg.structures.crop import AffineCrop
 from lightning_seg.structures.targets import InstanceTargets, KeypointTargets, PanopticTargets
 
 
@@ -22,6 +23,9 @@ class SampleMeta:
         orig_size: ``(H, W)`` of the image on disk, before any resize.
         video_id: sequence id for video datasets, else None.
         frame_index: frame index inside the sequence, else None.
+        crop: for a top-down sample (one instance cut out of the image), the affine crop from
+            the image on disk to the sample's image; networks map predictions back through its
+            inverse. None when the sample is the whole image.
     """
 
     image_id: int
@@ -29,6 +33,7 @@ class SampleMeta:
     orig_size: tuple[int, int]
     video_id: int | None = None
     frame_index: int | None = None
+    crop: AffineCrop | None = None
 
 
 @dataclass

@@ -136,6 +136,16 @@ class KeypointTargets(TensorStruct):
         heatmaps: ``Tensor[N, K, h, w]`` rendered targets on the output grid, or None.
         weights: ``Tensor[N, K]`` per-keypoint target weight (0 for unlabelled), or None.
         track_ids: ``Tensor[N]`` int64 identities across video frames, or None.
+        areas: ``Tensor[N]`` object area in original-image pixels (COCO's segmentation
+            ``area``, the scale of OKS), or None.
+        ids: ``Tensor[N]`` int64 the dataset's instance ids (COCO annotation ids), or None.
+        scores: ``Tensor[N]`` confidence of ``boxes`` when they come from a person / face
+            detector (top-down evaluation with detections), None for ground-truth boxes.
+
+    Top-down samples (``lightning_seg.data.topdown``) hold one instance in the frame of the
+    crop; ``keypoints`` may then lie outside the image (they keep their visibility, the
+    heatmap targets give them weight 0), and ``norm_size`` and ``areas`` stay lengths and
+    areas of the original image, where metrics are computed.
     """
 
     keypoints: Tensor
@@ -145,12 +155,16 @@ class KeypointTargets(TensorStruct):
     heatmaps: Tensor | None = None
     weights: Tensor | None = None
     track_ids: Tensor | None = None
+    areas: Tensor | None = None
+    ids: Tensor | None = None
+    scores: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.keypoints.ndim != 3 or self.keypoints.shape[-1] != 3:
             raise ValueError(f"keypoints must be Tensor[N, K, 3], got {tuple(self.keypoints.shape)}")
         n, k = self.keypoints.shape[:2]
-        expected = {"boxes": (n, 4), "norm_size": (n,), "weights": (n, k), "track_ids": (n,)}
+        expected = {"boxes": (n, 4), "norm_size": (n,), "weights": (n, k), "track_ids": (n,),
+                    "areas": (n,), "ids": (n,), "scores": (n,)}
         for name, shape in expected.items():
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:

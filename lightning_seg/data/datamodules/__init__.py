@@ -12,6 +12,13 @@ from lightning_seg.data.datamodules.cityscapes import (
     CityscapesPanopticDataset,
 )
 from lightning_seg.data.datamodules.coco import CocoDataModule, LvisDataModule
+from lightning_seg.data.datamodules.keypoints import (
+    CocoKeypointDataModule,
+    FaceLandmarkDataModule,
+    MPIIDataModule,
+    SyntheticKeypointDataModule,
+    TopDownDataModule,
+)
 from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
 from lightning_seg.data.datamodules.video import (
     DavisDataModule,
@@ -24,10 +31,15 @@ __all__ = [
     "CityscapesDataModule",
     "CityscapesPanopticDataset",
     "CocoDataModule",
+    "CocoKeypointDataModule",
     "DavisDataModule",
+    "FaceLandmarkDataModule",
     "LvisDataModule",
+    "MPIIDataModule",
     "SegDataModule",
+    "SyntheticKeypointDataModule",
     "SyntheticShapesDataModule",
+    "TopDownDataModule",
     "TransformedDataset",
     "VOCDataModule",
     "VideoDataModule",

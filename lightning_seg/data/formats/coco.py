@@ -384,8 +384,14 @@ class CocoIndex:
         image_list_fields: tuple[str, ...] = (),
         file_name_of: Callable[[dict], str] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        num_keypoints: int | None = None,
     ) -> CocoIndex:
-        """Parse ``ann_file`` into a compact index (see the module docstring for bad input)."""
+        """Parse ``ann_file`` into a compact index (see the module docstring for bad input).
+
+        ``num_keypoints`` is the keypoint count when the categories do not name the keypoints
+        (mmpose's face-landmark files have ``"keypoints": []``); None: the longest list of
+        keypoint names of the categories.
+        """
         path = Path(ann_file)
         builder = _AnnotationBuilder(path, with_masks, with_keypoints)
         top = load_json_chunked(path, "annotations", builder, chunk_bytes, reset=builder.reset)
@@ -518,6 +524,8 @@ class CocoIndex:
         kps = None
         if with_keypoints:
             num_kp = max((len(c.get("keypoints") or []) for c in categories), default=0)
+            if num_keypoints is not None:
+                num_kp = int(num_keypoints)
             kps = np.zeros((num, num_kp, 3), dtype=np.float32)
             flat = np.concatenate([f for f, _ in builder.keypoints] or [np.zeros(0, np.float32)])
             lengths = np.concatenate([n for _, n in builder.keypoints] or [np.zeros(0, np.int64)])

@@ -6,8 +6,20 @@ from lightning_seg.models.detectors.deeplab import DeepLabV1, DeepLabV2, DeepLab
 from lightning_seg.models.detectors.fcn import FCN
 from lightning_seg.models.detectors.mask_rcnn import MaskRCNN
 from lightning_seg.models.detectors.semantic import SemanticSegmentor
+from lightning_seg.models.detectors.topdown import StackedHourglass, TopDownPoseNet
 from lightning_seg.models.detectors.unet import UNet
 from lightning_seg.models.detectors.yolact import Yolact
 
-__all__ = ["FCN", "DeepLabV1", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "MaskRCNN", "SemanticSegmentor", "UNet",
-           "Yolact"]
+__all__ = [
+    "FCN",
+    "DeepLabV1",
+    "DeepLabV2",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "MaskRCNN",
+    "SemanticSegmentor",
+    "StackedHourglass",
+    "TopDownPoseNet",
+    "UNet",
+    "Yolact",
+]

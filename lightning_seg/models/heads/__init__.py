@@ -2,6 +2,11 @@
 
 from lightning_seg.models.heads.anchors import AnchorGenerator
 from lightning_seg.models.heads.box_head import BoxRoIHead
+from lightning_seg.models.heads.keypoints import (
+    HourglassHeatmapHead,
+    RegressionHead,
+    SimpleBaselineHead,
+)
 from lightning_seg.models.heads.mask_head import MaskRoIHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
 from lightning_seg.models.heads.yolact import (
@@ -16,10 +21,13 @@ __all__ = [
     "RPN",
     "AnchorGenerator",
     "BoxRoIHead",
+    "HourglassHeatmapHead",
     "MaskIoUHead",
     "MaskRoIHead",
     "ProtoNet",
     "RPNHead",
+    "RegressionHead",
+    "SimpleBaselineHead",
     "YolactAnchors",
     "YolactHead",
     "YolactSemanticHead",
