@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
+_HALF = {torch.float16, torch.bfloat16}
+
 
 class DeformConv2d(nn.Module):
     """``k x k`` deformable convolution whose offsets (and, modulated, mask) come from the input.
@@ -78,5 +80,13 @@ class DeformConv2d(nn.Module):
             offset, mask = out[:, : 2 * points], out[:, 2 * points :].sigmoid()
         else:
             offset = out
-        return deform_conv2d(x, offset, self.weight, self.bias, (self.stride, self.stride),
-                             (self.padding, self.padding), (self.dilation, self.dilation), mask)
+        weight, bias, dtype = self.weight, self.bias, x.dtype
+        if x.device.type == "cpu" and {x.dtype, offset.dtype, weight.dtype} & _HALF:
+            # torchvision's CPU kernel has no half / bfloat16 version (on CUDA its autocast runs
+            # the op in float32): compute in float32, return the input's dtype
+            x, offset, weight = x.float(), offset.float(), weight.float()
+            mask = None if mask is None else mask.float()
+            bias = None if bias is None else bias.float()
+        out = deform_conv2d(x, offset, weight, bias, (self.stride, self.stride),
+                            (self.padding, self.padding), (self.dilation, self.dilation), mask)
+        return out.to(dtype)

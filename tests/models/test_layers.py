@@ -69,3 +69,19 @@ def test_deform_conv_starts_as_a_plain_convolution():
     layer.offset.bias.data[1] = 1.0  # (dy, dx) of the single sampling point
     img = torch.arange(20.0).view(1, 1, 4, 5)
     assert torch.equal(layer(img)[0, 0, :, :4], img[0, 0, :, 1:])
+
+
+def test_deform_conv_half_precision_on_cpu():
+    """torchvision's CPU kernel has no bfloat16 / float16 version: the layer computes in float32
+    under CPU autocast and for half inputs, and returns the input's dtype."""
+    from lightning_seg.layers.deform import DeformConv2d
+
+    layer = DeformConv2d(4, 3, 3, modulated=True)
+    x = torch.randn(1, 4, 9, 9)
+    ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+    half = layer.bfloat16()(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref, atol=0.1, rtol=0.05)
