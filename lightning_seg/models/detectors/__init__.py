@@ -7,5 +7,6 @@ from lightning_seg.models.detectors.fcn import FCN
 from lightning_seg.models.detectors.mask_rcnn import MaskRCNN
 from lightning_seg.models.detectors.semantic import SemanticSegmentor
 from lightning_seg.models.detectors.unet import UNet
+from lightning_seg.models.detectors.upsnet import UPSNet
 
-__all__ = ["FCN", "DeepLabV3", "DeepLabV3Plus", "MaskRCNN", "SemanticSegmentor", "UNet"]
+__all__ = ["FCN", "DeepLabV3", "DeepLabV3Plus", "MaskRCNN", "SemanticSegmentor", "UNet", "UPSNet"]

@@ -3,6 +3,17 @@
 from lightning_seg.models.heads.anchors import AnchorGenerator
 from lightning_seg.models.heads.box_head import BoxRoIHead
 from lightning_seg.models.heads.mask_head import MaskRoIHead
+from lightning_seg.models.heads.panoptic import HeuristicPanopticMerge, UPSNetPanopticHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
+from lightning_seg.models.heads.upsnet_semantic import UPSNetSemanticHead
 
-__all__ = ["RPN", "AnchorGenerator", "BoxRoIHead", "MaskRoIHead", "RPNHead"]
+__all__ = [
+    "RPN",
+    "AnchorGenerator",
+    "BoxRoIHead",
+    "HeuristicPanopticMerge",
+    "MaskRoIHead",
+    "RPNHead",
+    "UPSNetPanopticHead",
+    "UPSNetSemanticHead",
+]
