@@ -2,6 +2,12 @@
 
 from lightning_seg.tasks.base import BaseTask
 from lightning_seg.tasks.instance import InstanceSegmentationTask
+from lightning_seg.tasks.panoptic import PanopticSegmentationTask
 from lightning_seg.tasks.semantic import SemanticSegmentationTask
 
-__all__ = ["BaseTask", "InstanceSegmentationTask", "SemanticSegmentationTask"]
+__all__ = [
+    "BaseTask",
+    "InstanceSegmentationTask",
+    "PanopticSegmentationTask",
+    "SemanticSegmentationTask",
+]
