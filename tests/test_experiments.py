@@ -25,6 +25,7 @@ FRAGMENTS = sorted(p for d in ("models", "data", "schedules") for p in (REPO / "
 TASKS = {
     "lightning_seg.tasks.SemanticSegmentationTask": "semantic",
     "lightning_seg.tasks.InstanceSegmentationTask": "instance",
+    "lightning_seg.tasks.PanopticSegmentationTask": "panoptic",
 }
 
 
