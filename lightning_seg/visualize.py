@@ -128,7 +128,7 @@ def segment_colors(
         seen[int(label)] = k + 1
         shade = _INSTANCE_SHADES[k % len(_INSTANCE_SHADES)]
         target = 255 if shade > 0 else 0
-        colors.append(tuple(int(round(v + abs(shade) * (target - v))) for v in base))
+        colors.append(tuple(round(v + abs(shade) * (target - v)) for v in base))
     return colors
 
 
@@ -215,4 +215,4 @@ def panoptic_legend(
         draw.rectangle([x, y + 2, x + line_height - 4, y + line_height - 2], fill=color,
                        outline=(0, 0, 0))
         draw.text((x + line_height, y), text, fill=(0, 0, 0), font=font)
-    return torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()

@@ -32,14 +32,16 @@ def tiny_upsnet(**kwargs) -> UPSNet:
     """ResNet-18, 32-channel FPN, small heads, 2-layer semantic head: a fraction of a second
     per step on a CPU."""
     levels = ("p2", "p3", "p4", "p5")
-    options = dict(
-        depth=18, fpn_channels=32, semantic_layers=2,
-        rpn=partial(RPN, anchor_sizes=(16, 32, 64, 128, 256), pre_nms_top_n_train=300,
-                    post_nms_top_n_train=100, pre_nms_top_n_test=100, post_nms_top_n_test=50,
-                    batch_size_per_image=64),
-        box_head=partial(BoxRoIHead, in_features=levels, fc_dim=64, batch_size_per_image=64),
-        mask_head=partial(MaskRoIHead, in_features=levels, conv_dims=(32, 32)),
-    )
+    options = {
+        "depth": 18,
+        "fpn_channels": 32,
+        "semantic_layers": 2,
+        "rpn": partial(RPN, anchor_sizes=(16, 32, 64, 128, 256), pre_nms_top_n_train=300,
+                       post_nms_top_n_train=100, pre_nms_top_n_test=100, post_nms_top_n_test=50,
+                       batch_size_per_image=64),
+        "box_head": partial(BoxRoIHead, in_features=levels, fc_dim=64, batch_size_per_image=64),
+        "mask_head": partial(MaskRoIHead, in_features=levels, conv_dims=(32, 32)),
+    }
     options.update(kwargs)
     return upsnet_resnet_fpn(THINGS, STUFF, **options)
 
@@ -128,11 +130,9 @@ def test_thing_labels_are_mapped_and_stuff_instances_refused():
 
 
 def test_a_built_box_head_must_classify_the_things():
-    from lightning_seg.models.necks import FPN  # noqa: F401  (shapes come from the network)
-
+    shapes = tiny_upsnet().neck.output_shape()
     with pytest.raises(ValueError, match="num_classes=2"):
-        model = tiny_upsnet()
-        tiny_upsnet(box_head=BoxRoIHead(model.neck.output_shape(), num_classes=4))
+        tiny_upsnet(box_head=BoxRoIHead(shapes, num_classes=4))
 
 
 def test_eval_outputs_at_the_original_size():

@@ -244,3 +244,15 @@ def test_head_predict_void_for_unknown_and_original_size():
     pred = head.predict(sem, det, masks, (H, W))
     assert pred.labels.tolist() == [1, 2, 0]
     assert pred.segment_map[:3].tolist() == [[1, 1, 1, 1, 2, 2, 0]] * 3
+
+
+def test_predict_without_detections_compares_stuff_with_the_thing_logits():
+    """No detection at test: the unknown channel is max(thing logits) - 0 (the official dummy
+    all-zero instance), not the training constant: stuff wins where its logit is higher."""
+    sem, *_ = _scene()
+    head = UPSNetPanopticHead(THINGS, STUFF, 255, stuff_area_limit=0)
+    none = InstancePredictions(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), (H, W))
+    pred = head.predict(sem, none, torch.zeros(0, 2, 2), (H, W))
+    # ground 10 > dog 2 on row 3: ground; ground 0.5 < 2 on rows 0-2: unknown -> void
+    assert pred.labels.tolist() == [0] and (pred.segment_map[3] > 0).all()
+    assert (pred.segment_map[:3] == 0).all()

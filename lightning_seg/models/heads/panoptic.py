@@ -64,8 +64,10 @@ class UPSNetPanopticHead(nn.Module):
             (0.7); below 1 the unknown class is on, at 1 it is off (the official switch), and
             unmatched thing pixels are then ignored.
         loss_weight: weight of ``loss_panoptic`` (0.1 COCO, 0.5 Cityscapes).
-        empty_instance_logit: ``max_i Y_i`` of the unknown channel when there is no instance
-            (the official -10).
+        empty_instance_logit: training: ``max_i Y_i`` of the unknown channel when an image has
+            no instance (the official -10). At test an image without detections uses 0: the
+            official code then adds one all-zero dummy instance channel (which we leave out, as
+            its pixels would get a meaningless class).
         score_thresh: test: lowest detection probability (0.6).
         nms_thresh: test: IoU of the class-agnostic NMS (0.5).
         detections_per_img: test: most instances (100).
@@ -223,7 +225,7 @@ class UPSNetPanopticHead(nn.Module):
         labels, scores = detections.labels[keep], detections.scores[keep]
         logits = upsnet_panoptic_logits(
             semantic_logits.float(), extents[keep], labels, pasted[keep], self.stuff_classes,
-            self.thing_classes, self.with_unknown, self.empty_instance_logit,
+            self.thing_classes, self.with_unknown, empty_instance_logit=0.0,
         )  # [S + N' (+ 1), h, w]
         index_map = resize_labels(logits.argmax(0), orig_size)
         semantic_map = resize_labels(semantic_logits.argmax(0), orig_size)
