@@ -12,13 +12,20 @@ cost of one panoptic network against two single-task ones (issue #14).
    stride 16) run one after the other, as a two-network panoptic system would.
    ``time_ratio_vs_two_models = t(UPSNet) / (t(Mask R-CNN) + t(DeepLab v3+))`` (goal < 1: one
    backbone instead of two), the Mask R-CNN keeping detections with a score of at least 0.6,
-   the panoptic threshold (both sides then make the same instance work). The two networks'
-   side leaves out the merge they would still need: ``time_ratio_vs_two_models_merged`` adds
-   it; ``time_ratio_vs_two_models_default_thresh`` times the Mask R-CNN at its own default
-   score threshold (0.05, up to 100 detections and masks, as for COCO AP). The Mask R-CNN has the same parts as
-   UPSNet's instance branch and carries its trained weights, so that it makes as many
-   detections (and pastes as many masks) as a trained detector; DeepLab's cost does not depend
-   on its weights.
+   the panoptic threshold (both sides then make the same instance work). The Mask R-CNN has
+   the same parts as UPSNet's instance branch and carries its trained weights, so that it makes
+   as many detections (and pastes as many masks) as a trained detector; DeepLab's cost does not
+   depend on its weights. The two networks' side leaves out the merge they would still need:
+   ``time_ratio_vs_two_models_merged`` adds it; ``time_ratio_vs_two_models_default_thresh``
+   times the Mask R-CNN at its own default score threshold (0.05, up to 100 detections and
+   masks, as for COCO AP). ``time_ratio_vs_two_models_untrained_r50`` times the three networks
+   again at the paper's depth (``--structural-depth``), untrained (no detection passes 0.6 in
+   any of them): the cost of the structure alone, one backbone and a semantic head against two
+   backbones.
+
+The networks are those of ``experiments/upsnet_r50_fpn_shapes_24e.yaml``,
+``mask_rcnn_r50_fpn_shapes_24e.yaml`` and ``deeplabv3plus_r50_shapes_30e.yaml`` (what ``lseg
+fit`` trains), with the depth and the CPU budget knobs below as overrides.
 
 Usage::
 
@@ -36,7 +43,7 @@ import json
 import statistics
 import time
 from dataclasses import replace
-from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,59 +51,60 @@ from torch import nn
 from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
 from lightning_seg.data.transforms import TrainTransform
 from lightning_seg.metrics.panoptic import PanopticQualityMetric
-from lightning_seg.models.backbones.resnet import ResNetBackbone
-from lightning_seg.models.detectors.deeplab import DeepLabV3Plus
-from lightning_seg.models.detectors.mask_rcnn import mask_rcnn_resnet_fpn
-from lightning_seg.models.detectors.upsnet import upsnet_resnet_fpn
-from lightning_seg.models.heads import (
-    RPN,
-    BoxRoIHead,
-    HeuristicPanopticMerge,
-    MaskRoIHead,
-    UPSNetPanopticHead,
-)
+from lightning_seg.models.heads import HeuristicPanopticMerge
 from lightning_seg.optim import WarmupMultiStepLR
 from lightning_seg.structures import Batch
 
-LEVELS = ("p2", "p3", "p4", "p5")
+REPO = Path(__file__).resolve().parents[1]
+NET = "--model.init_args.model.init_args"
 
 
-def parts(args) -> dict:
-    """The RPN / box / mask parts shared by UPSNet and the Mask R-CNN (CPU budget knobs)."""
-    return {
-        "depth": args.depth,
-        "fpn_channels": args.fpn_channels,
-        "rpn": partial(RPN, anchor_sizes=tuple(args.anchor_sizes),
-                       pre_nms_top_n_train=args.rpn_pre_train,
-                       post_nms_top_n_train=args.rpn_post_train,
-                       pre_nms_top_n_test=args.rpn_pre_test,
-                       post_nms_top_n_test=args.rpn_post_test),
-        "box_head": partial(BoxRoIHead, in_features=LEVELS, batch_size_per_image=args.box_rois),
-        "mask_head": partial(MaskRoIHead, in_features=LEVELS),
-    }
+def instance_overrides(args) -> list[str]:
+    """The CPU budget knobs of the parts UPSNet and Mask R-CNN share (backbone, FPN, RPN, box
+    head), as ``lseg`` overrides."""
+    return [
+        f"{NET}.backbone.init_args.depth={args.depth}",
+        f"{NET}.neck.init_args.out_channels={args.fpn_channels}",
+        f"{NET}.rpn.init_args.anchor_sizes=[{','.join(str(a) for a in args.anchor_sizes)}]",
+        f"{NET}.rpn.init_args.pre_nms_top_n_train={args.rpn_pre_train}",
+        f"{NET}.rpn.init_args.post_nms_top_n_train={args.rpn_post_train}",
+        f"{NET}.rpn.init_args.pre_nms_top_n_test={args.rpn_pre_test}",
+        f"{NET}.rpn.init_args.post_nms_top_n_test={args.rpn_post_test}",
+        f"{NET}.box_head.init_args.batch_size_per_image={args.box_rois}",
+    ]
 
 
 def build_upsnet(args, info) -> nn.Module:
-    head = UPSNetPanopticHead(info.thing_classes, info.stuff_classes, info.ignore_index,
-                              stuff_area_limit=args.stuff_area_limit)
-    return upsnet_resnet_fpn(info.thing_classes, info.stuff_classes, panoptic_head=head,
-                             ignore_index=info.ignore_index, **parts(args))
+    """The network of ``experiments/upsnet_r50_fpn_shapes_24e.yaml`` with the budget knobs."""
+    from lightning_seg.cli import build_experiment
+
+    task, data = build_experiment(
+        REPO / "experiments" / "upsnet_r50_fpn_shapes_24e.yaml", *instance_overrides(args),
+        f"{NET}.panoptic_head.init_args.stuff_area_limit={args.stuff_area_limit}",
+        f"--seed_everything={args.seed}",  # the initial weights
+    )
+    if data.info.class_names != info.class_names:
+        raise ValueError("the experiment's classes differ from the benchmark's data")
+    return task.model
 
 
 def build_peers(args, info, upsnet: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Mask R-CNN with UPSNet's instance weights, and a DeepLab v3+ of the same depth."""
-    p = parts(args)
-    p["box_head"] = partial(p["box_head"], num_classes=len(info.thing_classes))
-    p["mask_head"] = partial(p["mask_head"], num_classes=len(info.thing_classes))
-    depth, fpn = p.pop("depth"), p.pop("fpn_channels")
-    mrcnn = mask_rcnn_resnet_fpn(len(info.thing_classes), depth=depth, fpn_channels=fpn, **p)
+    """The networks of ``mask_rcnn_r50_fpn_shapes_24e.yaml`` (with UPSNet's instance parts and
+    trained weights) and ``deeplabv3plus_r50_shapes_30e.yaml``, both at ``depth``."""
+    from lightning_seg.cli import build_experiment
+
+    task, _ = build_experiment(REPO / "experiments" / "mask_rcnn_r50_fpn_shapes_24e.yaml",
+                               *instance_overrides(args))
+    mrcnn = task.model
     state = {k: v for k, v in upsnet.state_dict().items() if not k.startswith("semantic_head.")}
     mrcnn.load_state_dict(state)
-    grid = (1, 2) if args.depth == 18 else (1, 2, 4)  # one rate per block of layer4
-    backbone = ResNetBackbone(depth=args.depth, out_features=("c2", "c5"), output_stride=16,
-                              multi_grid=grid)
-    deeplab = DeepLabV3Plus(backbone, info.num_classes, ignore_index=info.ignore_index)
-    return mrcnn, deeplab
+    grid = "[1,2]" if args.depth == 18 else "[1,2,4]"  # one rate per block of layer4
+    task, _ = build_experiment(REPO / "experiments" / "deeplabv3plus_r50_shapes_30e.yaml",
+                               f"{NET}.backbone.init_args.depth={args.depth}",
+                               f"{NET}.backbone.init_args.multi_grid={grid}")
+    if task.model.num_classes != info.num_classes:
+        raise ValueError("the DeepLab experiment's classes differ from the benchmark's data")
+    return mrcnn, task.model
 
 
 @torch.no_grad()
@@ -206,6 +214,8 @@ def main() -> None:
     parser.add_argument("--rpn-post-test", type=int, default=300)
     parser.add_argument("--box-rois", type=int, default=256, help="sampled RoIs per image")
     parser.add_argument("--timing-images", type=int, default=16)
+    parser.add_argument("--structural-depth", type=int, default=50, choices=(0, 18, 34, 50, 101),
+                        help="also time the three networks untrained at this depth (0: no)")
     parser.add_argument("--timing-repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -222,7 +232,6 @@ def main() -> None:
     dm.setup("fit")
     info = dm.info
 
-    torch.manual_seed(args.seed)
     model = build_upsnet(args, info).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
@@ -271,6 +280,17 @@ def main() -> None:
     t = time_inference(model, mrcnn, deeplab, dm.val_dataloader(), info, device,
                        args.timing_images, args.timing_repeats)
     two = t["mrcnn"] + t["deeplab"]
+    structural = None
+    if args.structural_depth:
+        # the same three networks at another depth, untrained (random init, the same for all):
+        # none has a detection above 0.6, so this times the structure alone
+        other = argparse.Namespace(**{**vars(args), "depth": args.structural_depth})
+        upsnet_d = build_upsnet(other, info).to(device)
+        mrcnn_d, deeplab_d = build_peers(other, info, upsnet_d)
+        structural = time_inference(upsnet_d, mrcnn_d.to(device), deeplab_d.to(device),
+                                    dm.val_dataloader(), info, device, args.timing_images,
+                                    args.timing_repeats)
+        del upsnet_d, mrcnn_d, deeplab_d
 
     print(f"{'':22}{'PQ':>8}{'PQ_th':>8}{'PQ_st':>8}{'SQ':>8}{'RQ':>8}")
     for name, r in (("UPSNet head", pq_upsnet), ("heuristic merge", pq_heuristic)):
@@ -279,6 +299,11 @@ def main() -> None:
           f"{1000 * t['mrcnn']:.1f} (score >= 0.6; {t['detections']:.1f} detections) + DeepLab v3+ "
           f"{1000 * t['deeplab']:.1f} = {1000 * two:.1f} ms (+ merge {1000 * t['merge']:.1f} ms); "
           f"Mask R-CNN at its default score 0.05: {1000 * t['mrcnn_default']:.1f} ms")
+    if structural is not None:
+        two_d = structural["mrcnn"] + structural["deeplab"]
+        print(f"untrained, depth {args.structural_depth}: UPSNet {1000 * structural['upsnet']:.1f} ms; "
+              f"Mask R-CNN {1000 * structural['mrcnn']:.1f} + DeepLab v3+ "
+              f"{1000 * structural['deeplab']:.1f} = {1000 * two_d:.1f} ms")
     gain = pq_upsnet["pq"] - pq_heuristic["pq"]
     ratio = t["upsnet"] / two
     print(f"depth {args.depth}, {args.steps} steps x batch {args.batch_size} ({epoch} epochs of "
@@ -291,6 +316,8 @@ def main() -> None:
         "time_ratio_vs_two_models_merged": round(t["upsnet"] / (two + t["merge"]), 4),
         "time_ratio_vs_two_models_default_thresh": round(
             t["upsnet"] / (t["mrcnn_default"] + t["deeplab"]), 4),
+        f"time_ratio_vs_two_models_untrained_r{args.structural_depth}": None if structural is None
+        else round(structural["upsnet"] / (structural["mrcnn"] + structural["deeplab"]), 4),
         "pq_upsnet": round(pq_upsnet["pq"], 4),
         "pq_th_upsnet": round(pq_upsnet["pq_th"], 4),
         "pq_st_upsnet": round(pq_upsnet["pq_st"], 4),

@@ -1,5 +1,6 @@
-"""UPSNet's ablation sweep files: each names an experiment and parameters that ``lseg``
-accepts, and every value builds the network the ablation means."""
+"""UPSNet's experiments: the builder is the COCO experiment's network, and each ablation sweep
+file names an experiment and parameters that ``lseg`` accepts, every value building the network
+the ablation means."""
 
 from __future__ import annotations
 
@@ -50,3 +51,23 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
             assert net.panoptic_head.with_unknown == (value < 1)
         else:
             assert any(isinstance(m, DeformConv2d) for m in net.semantic_head.modules()) == value
+
+
+def test_the_builder_equals_the_coco_experiment(monkeypatch):
+    from lightning_seg.cli import build_experiment
+    from lightning_seg.models.detectors.upsnet import upsnet_r50_fpn
+
+    monkeypatch.chdir(REPO)
+    task, data = build_experiment(REPO / "experiments" / "upsnet_r50_fpn_coco_1x.yaml")
+    built = upsnet_r50_fpn(data.info.thing_classes, data.info.stuff_classes,
+                           weights_backbone="IMAGENET1K_V1")
+    assert repr(built) == repr(task.model)
+    shapes = {k: tuple(v.shape) for k, v in task.model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    assert task.model.box_head.num_classes == 80 and task.model.semantic_head.num_classes == 133
+    for name in ("semantic_head", "panoptic_head"):  # the numbers repr does not show
+
+        def numbers(module):
+            return {k: v for k, v in vars(module).items() if isinstance(v, (int, float, bool, list))}
+
+        assert numbers(getattr(built, name)) == numbers(getattr(task.model, name)), name
