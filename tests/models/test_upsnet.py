@@ -203,3 +203,26 @@ def test_bf16_autocast_forward_backward_on_cpu():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         preds = model(batch)
     assert all(p.image_size == s for p, s in zip(preds, [(61, 80), (72, 57)]))
+
+
+def test_roi_semantic_loss_pools_logits_as_the_classifier_on_pooled_features():
+    """RoIAlign of the logits equals the 1x1 classifier on RoIAligned features (official order)
+    for boxes inside the image, and the loss is the mean CE against the cut-out semantic map."""
+    from torchvision.ops import roi_align
+
+    from lightning_seg.models.heads.upsnet_semantic import roi_semantic_targets
+
+    model = tiny_upsnet()
+    batch = panoptic_batch([(64, 96)], [2])
+    raw = model.semantic_head(model.features(batch))
+    boxes = batch.instances[0].boxes
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
+    official = model.semantic_head.classifier(roi_align(raw.features, rois, 28, 0.25, 2, True))
+    ours = roi_align(raw.logits, rois, 28, 0.25, 2, True)
+    torch.testing.assert_close(ours, official, atol=1e-5, rtol=1e-4)
+    target = roi_semantic_targets(batch.semantic[0], boxes, 28, 255)
+    expected = F.cross_entropy(official, target, ignore_index=255, reduction="none").mean()
+    loss = model.semantic_head.roi_loss(raw, batch)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-4)
+    # the targets: the box's own class fills a box that is the whole mask
+    assert (target[0] == batch.instances[0].labels[0]).all()

@@ -13,7 +13,8 @@ COCO / Cityscapes experiment files):
 * loss: cross-entropy with ignore on the logits upsampled x4 to the input (``loss_semantic``);
   COCO adds the RoI semantic loss: RoIAlign of the 512-channel feature in every non-crowd
   ground-truth box to 28x28, the same classifier, cross-entropy against the semantic map cut out
-  of the box and resized (nearest) to 28x28 (``loss_semantic_roi``, weight 0.2 x 0.2 = 0.04).
+  of the box and resized (nearest) to 28x28 (``loss_semantic_roi``, weight 0.2 x 0.2 = 0.04);
+  computed here as the RoIAlign of the logits, the same numbers for boxes inside the image.
 """
 
 from __future__ import annotations
@@ -212,9 +213,11 @@ class UPSNetSemanticHead(nn.Module):
             return raw.logits.sum() * 0
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1)
                           for i, b in enumerate(boxes)])  # [R, 5]
-        pooled = roi_align(raw.features, rois.to(raw.features.dtype), self.roi_size,
-                           1.0 / raw.stride, 2, True)  # [R, C, roi, roi]
-        logits = self.classifier(pooled).float()  # [R, K, roi, roi]
+        # RoIAlign of the logits = the classifier on RoIAligned features: the 1x1 classifier is
+        # linear and the bilinear weights of a sample inside the image sum to 1 (ground-truth
+        # boxes are); K channels are pooled instead of L * C (cheaper, and so is the backward)
+        logits = roi_align(raw.logits, rois.to(raw.logits.dtype), self.roi_size, 1.0 / raw.stride,
+                           2, True).float()  # [R, K, roi, roi]
         pixel = F.cross_entropy(logits, torch.cat(targets), ignore_index=self.ignore_index,
                                 reduction="none")  # [R, roi, roi]
         return pixel.mean()
