@@ -190,7 +190,7 @@ def time_inference(upsnet, mrcnn, deeplab, loader, info, device, num_images, rep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50, 101))
     parser.add_argument("--fpn-channels", type=int, default=128)
     parser.add_argument("--num-train", type=int, default=512)
