@@ -57,3 +57,40 @@ class WarmupMultiStepLR(LRScheduler):
     def get_lr(self) -> list[float]:
         factor = self._factor(self.last_epoch)
         return [base * factor for base in self.base_lrs]
+
+
+def scale_schedule_to_batch(
+    batch_size: int,
+    reference_batch_size: int = 8,
+    lr: float = 1e-3,
+    milestones: Sequence[int] = (280000, 600000, 700000, 750000),
+    max_steps: int = 800000,
+    warmup_init_lr: float = 1e-4,
+) -> dict:
+    """A schedule written for ``reference_batch_size`` images per step, scaled to ``batch_size``
+    as YOLACT's training script does (``--autoscale``, its default): the LR times
+    ``batch_size / reference_batch_size``, the milestones and the total divided by that factor
+    (floor), the warm-up length and its starting LR unchanged.
+
+    Args:
+        batch_size: the total batch (all devices).
+        reference_batch_size: the batch the numbers are written for (YOLACT: 8).
+        lr: base LR at the reference batch.
+        milestones: LR decay steps at the reference batch.
+        max_steps: total steps at the reference batch.
+        warmup_init_lr: LR at step 0 of the warm-up (YOLACT: 1e-4).
+
+    Returns:
+        ``{"lr", "milestones", "max_steps", "warmup_factor"}`` for ``torch.optim.SGD`` /
+        ``WarmupMultiStepLR`` / ``trainer.max_steps``.
+    """
+    if batch_size < 1 or reference_batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {reference_batch_size}")
+    factor = batch_size / reference_batch_size
+    new_lr = lr * factor
+    return {
+        "lr": new_lr,
+        "milestones": [int(m // factor) for m in milestones],
+        "max_steps": int(max_steps // factor),
+        "warmup_factor": min(warmup_init_lr / new_lr, 1.0),
+    }

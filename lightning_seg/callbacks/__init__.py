@@ -1,6 +1,20 @@
-"""Callbacks: progress reporting, prediction pictures and files, run summary."""
+"""Callbacks: progress reporting, prediction pictures and files, run summary, run cost, W&B
+extras (per-class tables, artifacts), YOLACT prototype diagnostics."""
 
+from lightning_seg.callbacks.cost import RunCost
 from lightning_seg.callbacks.predictions import PredictionImages, PredictionWriter, RunSummary
 from lightning_seg.callbacks.progress import PlainProgress, default_progress_bar
+from lightning_seg.callbacks.prototypes import PrototypeDiagnostics
+from lightning_seg.callbacks.wandb_extras import PerClassTables, WandbArtifacts
 
-__all__ = ["PlainProgress", "PredictionImages", "PredictionWriter", "RunSummary", "default_progress_bar"]
+__all__ = [
+    "PerClassTables",
+    "PlainProgress",
+    "PredictionImages",
+    "PredictionWriter",
+    "PrototypeDiagnostics",
+    "RunCost",
+    "RunSummary",
+    "WandbArtifacts",
+    "default_progress_bar",
+]

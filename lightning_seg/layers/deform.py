@@ -4,7 +4,8 @@ compiled extension).
 Dai et al., "Deformable Convolutional Networks", ICCV 2017 (DCNv1: learned offsets); Zhu et al.,
 "Deformable ConvNets v2", CVPR 2019 (DCNv2: offsets and a sigmoid modulation mask). A plain
 3x3 conv predicts ``2 * k * k`` offsets (and ``k * k`` mask logits for v2); it is zero-initialised
-so that the layer starts as an ordinary convolution, as both papers do.
+as both papers do, so the layer starts as an ordinary convolution (DCNv1) or as one whose
+samples are all weighted sigmoid(0) = 0.5 (DCNv2, as the official DCN).
 
 On CPU the layer computes the same function with ``deform_conv2d_sampled``: one bilinear
 ``grid_sample`` of every kernel point followed by a matrix product (im2col with learned

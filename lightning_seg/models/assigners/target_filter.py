@@ -59,8 +59,8 @@ class TargetFilter:
         n = self.counts["degenerate box"]
         if n >= self._next_report:
             log.warning(
-                "dropped %d training boxes so far with a side below %g px (degenerate after "
-                "resizing or cropping); the dataset readers already drop those on disk",
+                "dropped %d training boxes so far with a side below %g px (the network's "
+                "min_box_size: boxes this small after resizing or cropping give no usable target)",
                 n, self.min_size,
             )
             while self._next_report <= n:

@@ -11,6 +11,12 @@ torchvision names, so a ``torchvision.models.resnetXX().state_dict()`` maps 1:1:
 ``fc.*`` (the classifier) is not kept, nor are the layers deeper than the deepest requested
 feature (``out_features=("c2", "c3")`` drops ``layer3``/``layer4``). Torchvision's detection
 models prefix these keys with ``backbone.body.``, its segmentation models with ``backbone.``.
+
+Deformable stages (``deform_stages``, YOLACT++ / DCNv2): the 3x3 conv of a chosen block becomes
+a ``lightning_seg.layers.DeformConv2d`` (on ``torchvision.ops.deform_conv2d``, no compiled
+extension) with the same ``weight`` key, plus ``conv2.bias`` and the zero-initialised offset
+branch ``conv2.offset.{weight,bias}``; ImageNet weights load into ``weight`` and the block starts
+as the plain convolution.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
+from lightning_seg.layers.deform import DeformConv2d
 from lightning_seg.layers.norm import freeze_batchnorm
 from lightning_seg.models.weights import load_checkpoint_file, torchvision_weights
 from lightning_seg.structures.specs import FeatureShapesMixin
@@ -38,6 +45,19 @@ def _set_conv_dilation(conv: nn.Conv2d, dilation: int) -> None:
     conv.stride = (1, 1)
     conv.dilation = (dilation, dilation)
     conv.padding = (dilation * (k - 1) // 2, dilation * (k - 1) // 2)
+
+
+def _deformable(conv: nn.Conv2d, modulated: bool) -> DeformConv2d:
+    """A ``DeformConv2d`` with the geometry and the weights of ``conv`` (bias 0)."""
+    if conv.groups != 1:
+        raise ValueError("deformable ResNet stages need ungrouped 3x3 convs (no ResNeXt)")
+    deform = DeformConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=conv.stride[0],
+        padding=conv.padding[0], dilation=conv.dilation[0], bias=True, modulated=modulated,
+    )
+    deform.weight.data.copy_(conv.weight.data)
+    nn.init.zeros_(deform.bias)
+    return deform
 
 
 def _dilate_layer(layer: nn.Sequential, dilations: Sequence[int]) -> None:
@@ -81,6 +101,12 @@ class ResNetBackbone(FeatureShapesMixin, nn.Module):
             also get frozen BatchNorm.
         num_blocks: blocks per stage overriding the depth's (e.g. ``(1, 1, 1, 1)`` for a tiny
             BasicBlock "ResNet-10" in tests); pretrained weights then no longer fit.
+        deform_stages: levels (``"c3"``, ``"c4"``, ``"c5"``...) whose blocks get a deformable
+            3x3 conv (the Bottleneck's ``conv2``, the BasicBlock's second conv); YOLACT++:
+            ``("c3", "c4", "c5")``.
+        deform_interval: in those stages, block ``i`` is deformable when ``i % deform_interval
+            == 0`` (YOLACT++ R50: 1, every block; R101: 3, blocks 0, 3, 6...).
+        deform_modulated: DCNv2 (modulated, YOLACT++) rather than DCNv1.
 
     Attributes:
         out_channels: level -> channels (R50: c2 256, c3 512, c4 1024, c5 2048; R18: 64..512).
@@ -102,6 +128,9 @@ class ResNetBackbone(FeatureShapesMixin, nn.Module):
         frozen_bn: bool = False,
         freeze_at: int = 0,
         num_blocks: Sequence[int] | None = None,
+        deform_stages: Sequence[str] = (),
+        deform_interval: int = 1,
+        deform_modulated: bool = True,
     ) -> None:
         super().__init__()
         if depth not in _DEPTHS:
@@ -139,6 +168,7 @@ class ResNetBackbone(FeatureShapesMixin, nn.Module):
         self.strides: dict[str, int] = {f: all_strides[f] for f in self.out_features}
 
         self._make_atrous(output_stride, multi_grid)
+        self._make_deformable(tuple(deform_stages), deform_interval, deform_modulated)
 
         if weights is not None:
             self.load_torchvision_state_dict(torchvision_weights(f"resnet{depth}", weights))
@@ -171,6 +201,22 @@ class ResNetBackbone(FeatureShapesMixin, nn.Module):
                 _dilate_layer(layer, [previous] + [rate] * (len(layer) - 1))
         if multi_grid is not None and not hasattr(self, "layer4"):
             raise ValueError("multi_grid applies to layer4: add 'c5' to out_features")
+
+    def _make_deformable(self, stages: Sequence[str], interval: int, modulated: bool) -> None:
+        """Swap the 3x3 conv of every ``interval``-th block of ``stages`` for a deformable one."""
+        bad = [f for f in stages if f not in _LEVELS or not hasattr(self, _LAYER_OF[f])]
+        if bad:
+            raise ValueError(
+                f"deform_stages {bad} are not built stages of this ResNet (built: "
+                f"{_LEVELS[: len(self._stage_names)]}); use levels up to the deepest out_features"
+            )
+        if interval < 1:
+            raise ValueError(f"deform_interval must be >= 1, got {interval}")
+        self.deform_stages = tuple(stages)
+        for level in self.deform_stages:
+            for i, block in enumerate(getattr(self, _LAYER_OF[level])):
+                if i % interval == 0:
+                    block.conv2 = _deformable(block.conv2, modulated)
 
     @staticmethod
     def _multi_grid_stride32(layer: nn.Sequential, multi_grid: Sequence[int]) -> None:
@@ -213,7 +259,10 @@ class ResNetBackbone(FeatureShapesMixin, nn.Module):
         )
         kept = {k: v for k, v in state_dict.items() if not k.startswith(dropped_prefixes)}
         kept = {k: v for k, v in kept.items() if k in own or not k.endswith("num_batches_tracked")}
-        missing = sorted(k for k in own if k not in kept and not k.endswith("num_batches_tracked"))
+        missing = sorted(
+            k for k in own
+            if k not in kept and not k.endswith("num_batches_tracked") and not self._deform_extra(k)
+        )
         unexpected = sorted(k for k in kept if k not in own)
         if missing or unexpected:
             raise KeyError(
@@ -223,6 +272,16 @@ class ResNetBackbone(FeatureShapesMixin, nn.Module):
                 f"Strip prefixes such as 'backbone.body.' or 'module.' before loading."
             )
         self.load_state_dict(kept, strict=False)
+
+    def _deform_extra(self, key: str) -> bool:
+        """Whether ``key`` is a parameter a deformable conv adds to a torchvision ResNet (its
+        bias and offset branch, which start at zero)."""
+        module_name, _, param = key.rpartition(".")
+        module = self.get_submodule(module_name) if module_name else self
+        if isinstance(module, DeformConv2d):
+            return param == "bias"
+        parent_name = module_name.rpartition(".")[0]
+        return parent_name != "" and isinstance(self.get_submodule(parent_name), DeformConv2d)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Args:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.models.losses.semantic import CrossEntropyLoss
@@ -89,7 +90,5 @@ class SemanticSegmentor(nn.Module, ABC):
 
 def _pad_to(logits: Tensor, h: int, w: int) -> Tensor:
     """Crop or zero-pad ``Tensor[B, K, h', w']`` logits at the bottom/right to ``(h, w)``."""
-    import torch.nn.functional as F
-
     logits = logits[..., :h, :w]
     return F.pad(logits, (0, w - logits.shape[-1], 0, h - logits.shape[-2]))

@@ -6,14 +6,26 @@ from lightning_seg.models.heads.mask_head import MaskRoIHead
 from lightning_seg.models.heads.panoptic import HeuristicPanopticMerge, UPSNetPanopticHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
 from lightning_seg.models.heads.upsnet_semantic import UPSNetSemanticHead
+from lightning_seg.models.heads.yolact import (
+    MaskIoUHead,
+    ProtoNet,
+    YolactAnchors,
+    YolactHead,
+    YolactSemanticHead,
+)
 
 __all__ = [
     "RPN",
     "AnchorGenerator",
     "BoxRoIHead",
     "HeuristicPanopticMerge",
+    "MaskIoUHead",
     "MaskRoIHead",
+    "ProtoNet",
     "RPNHead",
     "UPSNetPanopticHead",
     "UPSNetSemanticHead",
+    "YolactAnchors",
+    "YolactHead",
+    "YolactSemanticHead",
 ]
