@@ -71,3 +71,26 @@ def test_the_builder_equals_the_coco_experiment(monkeypatch):
             return {k: v for k, v in vars(module).items() if isinstance(v, (int, float, bool, list))}
 
         assert numbers(getattr(built, name)) == numbers(getattr(task.model, name)), name
+
+
+# the official experiment YAMLs: (semantic layers, semantic / RoI semantic / panoptic loss
+# weights, small-stuff limit); inference is the same for both (score 0.6, class-agnostic NMS 0.5,
+# <= 100 instances, a mask dropped when > 0.3 of it is covered, instances mostly stuff -> stuff)
+OFFICIAL = {
+    "upsnet_r50_fpn_coco_1x.yaml": (3, 0.2, 0.04, 0.1, 4096),
+    "upsnet_r50_fpn_cityscapes_12k.yaml": (2, 1.0, 0.0, 0.5, 2048),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_loss_weights_and_inference_rules_per_dataset(name: str, monkeypatch):
+    from lightning_seg.cli import build_experiment
+
+    monkeypatch.chdir(REPO)
+    task, _ = build_experiment(REPO / "experiments" / name)
+    sem, pan = task.model.semantic_head, task.model.panoptic_head
+    layers = sum(isinstance(m, DeformConv2d) for m in sem.subnet.modules())
+    assert (layers, sem.loss_weight, sem.roi_loss_weight, pan.loss_weight, pan.stuff_area_limit) == OFFICIAL[name]
+    assert (pan.box_keep_fraction, pan.with_unknown) == (0.7, True)
+    assert (pan.score_thresh, pan.nms_thresh, pan.detections_per_img) == (0.6, 0.5, 100)
+    assert (pan.mask_overlap_thresh, pan.majority_thresh) == (0.3, 0.5)

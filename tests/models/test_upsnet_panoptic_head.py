@@ -3,6 +3,8 @@ whose values are computed by hand in the comments."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from lightning_seg.models.heads.panoptic import HeuristicPanopticMerge, UPSNetPanopticHead
 from lightning_seg.models.postprocess.panoptic import (
     box_extents,
+    class_agnostic_detections,
     heuristic_merge,
     paste_mask_logits,
     remove_overlapping_masks,
@@ -18,6 +21,7 @@ from lightning_seg.models.postprocess.panoptic import (
     upsnet_panoptic_logits,
     upsnet_panoptic_targets,
 )
+from lightning_seg.ops.boxes import BoxCoder
 from lightning_seg.structures import InstancePredictions
 
 # Classes in dataset order: 0 ground (stuff), 1 cat (thing), 2 dog (thing).
@@ -172,6 +176,28 @@ def test_head_loss_at_stride_4_samples_cell_centres():
     assert float(loss.detach()) == pytest.approx(float(torch.log(torch.tensor(2.0))))
     grad = logits.grad[0, 1]  # d loss / d cat logits: only where Y_cat enters (inside the box)
     assert grad[:3, :3].ne(0).all() and grad[3].eq(0).all() and grad[:, 3].eq(0).all()
+
+
+def test_class_agnostic_detections_threshold_nms_and_cap():
+    # three RoIs (zero deltas: the boxes are the RoIs) in a 32x32 image, 2 thing classes;
+    # class probabilities [background, cat, dog] given as log-probabilities
+    box_head = SimpleNamespace(box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)), min_box_size=1e-2)
+    rois = torch.tensor([[0.0, 0.0, 10.0, 10.0],  # A: cat 0.8
+                         [1.0, 0.0, 11.0, 10.0],  # B: dog 0.75, IoU with A 90 / 110 = 0.82
+                         [20.0, 20.0, 40.0, 30.0]])  # C: dog 0.65, clipped to x2 = 32
+    probs = torch.tensor([[0.1, 0.8, 0.1], [0.1, 0.15, 0.75], [0.3, 0.05, 0.65]])
+    raw = SimpleNamespace(rois=[rois], box_deltas=torch.zeros(3, 12), class_logits=probs.log())
+    (det,) = class_agnostic_detections(box_head, raw, [(32, 32)])
+    # B is suppressed by A although its class differs (class-agnostic NMS at 0.5); every
+    # probability <= 0.6 is out (B's cat 0.15, C's cat 0.05, ...)
+    assert det.labels.tolist() == [0, 1] and det.scores.tolist() == pytest.approx([0.8, 0.65])
+    assert det.boxes.tolist() == [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 32.0, 30.0]]
+    (det,) = class_agnostic_detections(box_head, raw, [(32, 32)], nms_thresh=0.9)
+    assert det.labels.tolist() == [0, 1, 1] and det.scores.tolist() == pytest.approx([0.8, 0.75, 0.65])
+    (det,) = class_agnostic_detections(box_head, raw, [(32, 32)], score_thresh=0.7)
+    assert det.labels.tolist() == [0]
+    (det,) = class_agnostic_detections(box_head, raw, [(32, 32)], nms_thresh=0.9, detections_per_img=2)
+    assert det.scores.tolist() == pytest.approx([0.8, 0.75])
 
 
 def test_remove_overlapping_masks_is_per_class_and_in_score_order():
