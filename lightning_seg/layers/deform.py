@@ -10,7 +10,8 @@ samples are all weighted sigmoid(0) = 0.5 (DCNv2, as the official DCN).
 On CPU the layer computes the same function with ``deform_conv2d_sampled``: one bilinear
 ``grid_sample`` of every kernel point followed by a matrix product (im2col with learned
 positions), about 5x faster forward and 15x faster forward + backward than torchvision's CPU
-kernel on UPSNet's semantic head; on CUDA it calls torchvision's kernel.
+kernel on UPSNet's semantic head; on CUDA, and when traced for export, it calls torchvision's
+kernel.
 """
 
 from __future__ import annotations
@@ -149,7 +150,10 @@ class DeformConv2d(nn.Module):
             x, offset, weight = x.float(), offset.float(), weight.float()
             mask = None if mask is None else mask.float()
             bias = None if bias is None else bias.float()
-        conv = deform_conv2d if x.device.type == "cuda" else deform_conv2d_sampled
+        # torchvision's kernel on CUDA and when traced (TorchScript, ONNX export: the graph keeps
+        # one deform_conv2d op, exported as ONNX DeformConv), the sampled form on CPU otherwise
+        traced = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        conv = deform_conv2d if x.device.type == "cuda" or traced else deform_conv2d_sampled
         out = conv(x, offset, weight, bias, (self.stride, self.stride),
                    (self.padding, self.padding), (self.dilation, self.dilation), mask)
         return out.to(dtype)

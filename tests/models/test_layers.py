@@ -71,6 +71,21 @@ def test_deform_conv_starts_as_a_plain_convolution():
     assert torch.equal(layer(img)[0, 0, :, :4], img[0, 0, :, 1:])
 
 
+def test_traced_deform_conv_keeps_torchvision_op():
+    """Traced (TorchScript, ONNX export) the layer records torchvision's one deform_conv2d op,
+    which the ONNX export writes as DeformConv, not the CPU path's grid_sample + matmul."""
+    from lightning_seg.layers.deform import DeformConv2d
+
+    layer = DeformConv2d(4, 4, 3, modulated=True).eval()
+    torch.nn.init.normal_(layer.offset.weight, std=0.1)
+    x = torch.randn(1, 4, 9, 10)
+    traced = torch.jit.trace(layer, (x,))
+    graph = str(traced.graph)
+    assert "torchvision::deform_conv2d" in graph and "grid_sampler" not in graph
+    y = torch.randn(1, 4, 12, 7)  # another size: the same function as the CPU path
+    torch.testing.assert_close(traced(y), layer(y), atol=1e-5, rtol=1e-5)
+
+
 def test_deform_conv_half_precision_on_cpu():
     """torchvision's CPU kernel has no bfloat16 / float16 version: the layer computes in float32
     under CPU autocast and for half inputs, and returns the input's dtype."""
