@@ -149,3 +149,115 @@ def draw_skeleton(
         out = draw_keypoints(out, xy[:, k : k + 1], colors=color, radius=radius,
                              visibility=shown[:, k : k + 1])
     return out
+
+
+# ------------------------------------------------------------------------------ panoptic maps
+#: Brightness shifts of successive instances of one class (mixed with white > 0, black < 0).
+_INSTANCE_SHADES = (0.0, 0.35, -0.35, 0.6, -0.6, 0.2, -0.2)
+
+
+def segment_colors(
+    labels: Sequence[int], isthing: Sequence[bool], palette: Sequence[tuple[int, int, int]]
+) -> list[tuple[int, int, int]]:
+    """One colour per segment: stuff takes its class colour; the k-th instance of a thing class
+    takes the class colour lightened or darkened by a step of ``_INSTANCE_SHADES`` so that
+    touching instances of one class stay apart."""
+    seen: dict[int, int] = {}
+    colors = []
+    for label, thing in zip(labels, isthing):
+        base = palette[int(label) % len(palette)]
+        if not thing:
+            colors.append(tuple(int(v) for v in base))
+            continue
+        k = seen.get(int(label), 0)
+        seen[int(label)] = k + 1
+        shade = _INSTANCE_SHADES[k % len(_INSTANCE_SHADES)]
+        target = 255 if shade > 0 else 0
+        colors.append(tuple(round(v + abs(shade) * (target - v)) for v in base))
+    return colors
+
+
+def draw_panoptic(
+    image: Tensor,
+    segment_map: Tensor,
+    ids: Tensor,
+    labels: Tensor,
+    isthing: Tensor,
+    palette: Sequence[tuple[int, int, int]],
+    alpha: float = 0.6,
+    outline: tuple[int, int, int] = (255, 255, 255),
+) -> Tensor:
+    """Blend a panoptic segmentation over an image: a colour per segment (``segment_colors``),
+    void pixels unpainted, and every segment's outline drawn in ``outline``.
+
+    Args:
+        image: uint8 ``Tensor[3, H, W]``.
+        segment_map: ``Tensor[H, W]`` segment id per pixel, 0 void.
+        ids: ``Tensor[S]`` the segment ids; labels / isthing: ``Tensor[S]`` per segment.
+        palette: one RGB colour per class.
+        alpha: opacity of the colours.
+        outline: colour of the segment boundaries.
+
+    Returns:
+        uint8 ``Tensor[3, H, W]``.
+    """
+    seg = segment_map.cpu().to(torch.int64)
+    ids = ids.cpu().to(torch.int64)
+    colors = torch.tensor(
+        [(0, 0, 0)] + segment_colors(labels.tolist(), isthing.tolist(), palette), dtype=torch.float32
+    )  # [S + 1, 3], row 0 void
+    index = torch.zeros_like(seg)  # [H, W] position in ids + 1, 0 void
+    if len(ids):
+        sorted_ids, order = ids.sort()
+        pos = torch.searchsorted(sorted_ids, seg).clamp(max=len(ids) - 1)
+        index = torch.where(sorted_ids[pos] == seg, order[pos] + 1, 0)
+    painted = index > 0
+    out = image.float().clone()
+    color_map = colors[index].permute(2, 0, 1)  # [3, H, W]
+    out = torch.where(painted[None], (1 - alpha) * out + alpha * color_map, out)
+    edge = torch.zeros_like(painted)
+    edge[:, :-1] |= index[:, :-1] != index[:, 1:]
+    edge[:-1, :] |= index[:-1, :] != index[1:, :]
+    out[:, edge] = torch.tensor(outline, dtype=torch.float32)[:, None]
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def panoptic_legend(
+    labels: Sequence[int],
+    isthing: Sequence[bool],
+    class_names: Sequence[str],
+    palette: Sequence[tuple[int, int, int]],
+    width: int,
+    line_height: int = 14,
+) -> Tensor:
+    """A legend strip (uint8 ``Tensor[3, h, width]``): a colour swatch and the name of every class
+    present, things with their instance count (``person x5``), wrapped to ``width``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    counts: dict[int, int] = {}
+    thing: dict[int, bool] = {}
+    for label, t in zip(labels, isthing):
+        counts[int(label)] = counts.get(int(label), 0) + 1
+        thing[int(label)] = bool(t)
+    entries = []
+    for c in sorted(counts):
+        name = class_names[c] if c < len(class_names) else str(c)
+        entries.append((c, f"{name} x{counts[c]}" if thing[c] else name))
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, y = [], 4, 2
+    for c, text in entries:
+        w = int(probe.textlength(text, font=font)) + line_height + 10
+        if x + w > width and x > 4:
+            x, y = 4, y + line_height
+        placed.append((x, y, c, text))
+        x += w
+    height = y + line_height + 2 if entries else 0
+    canvas = Image.new("RGB", (max(width, 1), max(height, 1)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for x, y, c, text in placed:
+        color = tuple(int(v) for v in palette[c % len(palette)])
+        draw.rectangle([x, y + 2, x + line_height - 4, y + line_height - 2], fill=color,
+                       outline=(0, 0, 0))
+        draw.text((x + line_height, y), text, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()

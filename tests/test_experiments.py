@@ -26,6 +26,7 @@ TASKS = {
     "lightning_seg.tasks.SemanticSegmentationTask": "semantic",
     "lightning_seg.tasks.InstanceSegmentationTask": "instance",
     "lightning_seg.tasks.KeypointTask": "keypoints",
+    "lightning_seg.tasks.PanopticSegmentationTask": "panoptic",
 }
 SYNTHETIC = ("SyntheticShapesDataModule", "SyntheticKeypointDataModule")
 

@@ -69,3 +69,68 @@ def test_deform_conv_starts_as_a_plain_convolution():
     layer.offset.bias.data[1] = 1.0  # (dy, dx) of the single sampling point
     img = torch.arange(20.0).view(1, 1, 4, 5)
     assert torch.equal(layer(img)[0, 0, :, :4], img[0, 0, :, 1:])
+
+
+def test_traced_deform_conv_keeps_torchvision_op():
+    """Traced (TorchScript, ONNX export) the layer records torchvision's one deform_conv2d op,
+    which the ONNX export writes as DeformConv, not the CPU path's grid_sample + matmul."""
+    from lightning_seg.layers.deform import DeformConv2d
+
+    layer = DeformConv2d(4, 4, 3, modulated=True).eval()
+    torch.nn.init.normal_(layer.offset.weight, std=0.1)
+    x = torch.randn(1, 4, 9, 10)
+    traced = torch.jit.trace(layer, (x,))
+    graph = str(traced.graph)
+    assert "torchvision::deform_conv2d" in graph and "grid_sampler" not in graph
+    y = torch.randn(1, 4, 12, 7)  # another size: the same function as the CPU path
+    torch.testing.assert_close(traced(y), layer(y), atol=1e-5, rtol=1e-5)
+
+
+def test_deform_conv_half_precision_on_cpu():
+    """torchvision's CPU kernel has no bfloat16 / float16 version: the layer computes in float32
+    under CPU autocast and for half inputs, and returns the input's dtype."""
+    from lightning_seg.layers.deform import DeformConv2d
+
+    layer = DeformConv2d(4, 3, 3, modulated=True)
+    x = torch.randn(1, 4, 9, 9)
+    ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+    half = layer.bfloat16()(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,offset_groups,modulated", [
+    (1, 1, 1, 1, 1, False),
+    (1, 1, 1, 1, 1, True),
+    (2, 1, 1, 2, 1, True),
+    (1, 2, 2, 1, 2, False),
+    (2, 0, 1, 2, 2, True),
+])
+def test_sampled_deform_conv_equals_torchvision(stride, padding, dilation, groups, offset_groups,
+                                               modulated):
+    """The CPU path (grid_sample + matmul) is torchvision's deform_conv2d: outputs and the
+    gradients of the input, offsets, mask, weight and bias, with offsets that leave the image."""
+    from torchvision.ops import deform_conv2d
+
+    from lightning_seg.layers.deform import deform_conv2d_sampled
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 11, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 4 // groups, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(6, generator=g, dtype=torch.float64)
+    ho = (9 + 2 * padding - dilation * 2 - 1) // stride + 1
+    wo = (11 + 2 * padding - dilation * 2 - 1) // stride + 1
+    offset = 3 * torch.randn(2, 2 * offset_groups * 9, ho, wo, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, offset_groups * 9, ho, wo, generator=g, dtype=torch.float64) if modulated else None
+    inputs = [t.requires_grad_() for t in (x, offset, weight, bias) + ((mask,) if modulated else ())]
+    args = (stride, stride), (padding, padding), (dilation, dilation)
+    ref = deform_conv2d(x, offset, weight, bias, *args, mask)
+    out = deform_conv2d_sampled(x, offset, weight, bias, *args, mask)
+    torch.testing.assert_close(out, ref)
+    grads_ref = torch.autograd.grad((ref * ref.detach().cos()).sum(), inputs)
+    grads = torch.autograd.grad((out * ref.detach().cos()).sum(), inputs)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)

@@ -8,6 +8,7 @@ from lightning_seg.models.detectors.mask_rcnn import MaskRCNN
 from lightning_seg.models.detectors.semantic import SemanticSegmentor
 from lightning_seg.models.detectors.topdown import StackedHourglass, TopDownPoseNet
 from lightning_seg.models.detectors.unet import UNet
+from lightning_seg.models.detectors.upsnet import UPSNet
 from lightning_seg.models.detectors.yolact import Yolact
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "StackedHourglass",
     "TopDownPoseNet",
     "UNet",
+    "UPSNet",
     "Yolact",
 ]

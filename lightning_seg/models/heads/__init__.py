@@ -8,7 +8,9 @@ from lightning_seg.models.heads.keypoints import (
     SimpleBaselineHead,
 )
 from lightning_seg.models.heads.mask_head import MaskRoIHead
+from lightning_seg.models.heads.panoptic import HeuristicPanopticMerge, UPSNetPanopticHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
+from lightning_seg.models.heads.upsnet_semantic import UPSNetSemanticHead
 from lightning_seg.models.heads.yolact import (
     MaskIoUHead,
     ProtoNet,
@@ -21,13 +23,16 @@ __all__ = [
     "RPN",
     "AnchorGenerator",
     "BoxRoIHead",
+    "HeuristicPanopticMerge",
     "HourglassHeatmapHead",
     "MaskIoUHead",
     "MaskRoIHead",
     "ProtoNet",
-    "RPNHead",
     "RegressionHead",
+    "RPNHead",
     "SimpleBaselineHead",
+    "UPSNetPanopticHead",
+    "UPSNetSemanticHead",
     "YolactAnchors",
     "YolactHead",
     "YolactSemanticHead",

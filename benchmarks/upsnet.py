@@ -1,0 +1,345 @@
+"""UPSNet on the synthetic shapes world: its panoptic head against the heuristic merge, and the
+cost of one panoptic network against two single-task ones (issue #14).
+
+1. **PQ**: one UPSNet (ResNet-``depth`` FPN, random init, the paper's heads and losses) is
+   trained on the panoptic shapes world (SGD with warm-up, fixed seed and budget). The same
+   trained network is then evaluated twice on the validation split: with its parameter-free
+   panoptic head (the official inference) and with the heuristic merge (Panoptic FPN style:
+   its ordinary detections pasted by score, the rest filled from the semantic arg-max).
+   ``pq_gain_vs_heuristic = PQ(UPSNet head) - PQ(heuristic merge)``; the paper reports > 0.
+2. **Cost**: per-image inference time (batch 1, interleaved, medians) of UPSNet producing its
+   panoptic output, against our Mask R-CNN plus our DeepLab v3+ (same ResNet depth, output
+   stride 16) run one after the other, as a two-network panoptic system would.
+   ``time_ratio_vs_two_models = t(UPSNet) / (t(Mask R-CNN) + t(DeepLab v3+))`` (goal < 1: one
+   backbone instead of two), the Mask R-CNN keeping detections with a score of at least 0.6,
+   the panoptic threshold (both sides then make the same instance work). The Mask R-CNN has
+   the same parts as UPSNet's instance branch and carries its trained weights, so that it makes
+   as many detections (and pastes as many masks) as a trained detector; DeepLab's cost does not
+   depend on its weights. The two networks' side leaves out the merge they would still need:
+   ``time_ratio_vs_two_models_merged`` adds it; ``time_ratio_vs_two_models_default_thresh``
+   times the Mask R-CNN at its own default score threshold (0.05, up to 100 detections and
+   masks, as for COCO AP). ``time_ratio_vs_two_models_untrained_r50`` times the three networks
+   again at the paper's depth (``--structural-depth``), untrained (no detection passes 0.6 in
+   any of them): the cost of the structure alone, one backbone and a semantic head against two
+   backbones.
+
+The networks are those of ``experiments/upsnet_r50_fpn_shapes_24e.yaml``,
+``mask_rcnn_r50_fpn_shapes_24e.yaml`` and ``deeplabv3plus_r50_shapes_30e.yaml`` (what ``lseg
+fit`` trains), with the depth and the CPU budget knobs below as overrides.
+
+Usage::
+
+    python benchmarks/upsnet.py                      # default budget: < 45 min on 2 CPU cores
+    python benchmarks/upsnet.py --steps 20 --num-train 16 --num-val 4 --timing-images 2  # smoke
+    python benchmarks/upsnet.py --device cuda --steps 3000 --depth 50   # where a GPU is lent
+
+Prints a table, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
+from lightning_seg.data.transforms import TrainTransform
+from lightning_seg.metrics.panoptic import PanopticQualityMetric
+from lightning_seg.models.heads import HeuristicPanopticMerge
+from lightning_seg.optim import WarmupMultiStepLR
+from lightning_seg.structures import Batch
+
+REPO = Path(__file__).resolve().parents[1]
+NET = "--model.init_args.model.init_args"
+
+
+def instance_overrides(args) -> list[str]:
+    """The CPU budget knobs of the parts UPSNet and Mask R-CNN share (backbone, FPN, RPN, box
+    head), as ``lseg`` overrides."""
+    return [
+        f"{NET}.backbone.init_args.depth={args.depth}",
+        f"{NET}.neck.init_args.out_channels={args.fpn_channels}",
+        f"{NET}.rpn.init_args.anchor_sizes=[{','.join(str(a) for a in args.anchor_sizes)}]",
+        f"{NET}.rpn.init_args.pre_nms_top_n_train={args.rpn_pre_train}",
+        f"{NET}.rpn.init_args.post_nms_top_n_train={args.rpn_post_train}",
+        f"{NET}.rpn.init_args.pre_nms_top_n_test={args.rpn_pre_test}",
+        f"{NET}.rpn.init_args.post_nms_top_n_test={args.rpn_post_test}",
+        f"{NET}.box_head.init_args.batch_size_per_image={args.box_rois}",
+    ]
+
+
+def build_upsnet(args, info) -> nn.Module:
+    """The network of ``experiments/upsnet_r50_fpn_shapes_24e.yaml`` with the budget knobs."""
+    from lightning_seg.cli import build_experiment
+
+    task, data = build_experiment(
+        REPO / "experiments" / "upsnet_r50_fpn_shapes_24e.yaml", *instance_overrides(args),
+        f"{NET}.panoptic_head.init_args.stuff_area_limit={args.stuff_area_limit}",
+        f"--seed_everything={args.seed}",  # the initial weights
+    )
+    if data.info.class_names != info.class_names:
+        raise ValueError("the experiment's classes differ from the benchmark's data")
+    return task.model
+
+
+def build_peers(args, info, upsnet: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The networks of ``mask_rcnn_r50_fpn_shapes_24e.yaml`` (with UPSNet's instance parts and
+    trained weights) and ``deeplabv3plus_r50_shapes_30e.yaml``, both at ``depth``."""
+    from lightning_seg.cli import build_experiment
+
+    task, _ = build_experiment(REPO / "experiments" / "mask_rcnn_r50_fpn_shapes_24e.yaml",
+                               *instance_overrides(args))
+    mrcnn = task.model
+    state = {k: v for k, v in upsnet.state_dict().items() if not k.startswith("semantic_head.")}
+    mrcnn.load_state_dict(state)
+    grid = "[1,2]" if args.depth == 18 else "[1,2,4]"  # one rate per block of layer4
+    task, _ = build_experiment(REPO / "experiments" / "deeplabv3plus_r50_shapes_30e.yaml",
+                               f"{NET}.backbone.init_args.depth={args.depth}",
+                               f"{NET}.backbone.init_args.multi_grid={grid}")
+    if task.model.num_classes != info.num_classes:
+        raise ValueError("the DeepLab experiment's classes differ from the benchmark's data")
+    return mrcnn, task.model
+
+
+@torch.no_grad()
+def evaluate(model, loader, info, device) -> dict[str, float]:
+    metric = PanopticQualityMetric(info.thing_classes, info.stuff_classes)
+    model.eval()
+    for batch in loader:
+        batch = batch.to(device)
+        metric.update([p.to("cpu") for p in model(batch)], [t.to("cpu") for t in batch.panoptic])
+    r = metric.compute()
+    return {k: float(r[k]) for k in ("pq", "pq_th", "pq_st", "sq", "rq")}
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_inference(upsnet, mrcnn, deeplab, loader, info, device, num_images, repeats):
+    """Median per-image seconds of each system, interleaved (the order rotates per image).
+
+    ``mrcnn`` runs twice: with its box head's score threshold set to the panoptic threshold
+    (0.6: the detections a merge would use) and with its own default (0.05, for COCO AP).
+    """
+    for m in (upsnet, mrcnn, deeplab):
+        m.eval()
+    merge = HeuristicPanopticMerge(info.thing_classes, info.stuff_classes,
+                                   stuff_area_limit=upsnet.panoptic_head.stuff_area_limit)
+    things = torch.tensor(info.thing_classes, device=device)
+    default_thresh = mrcnn.box_head.score_thresh
+    panoptic_thresh = upsnet.panoptic_head.score_thresh
+    outputs: dict[str, object] = {}
+
+    def run_mrcnn(batch, thresh):
+        mrcnn.box_head.score_thresh = thresh
+        outputs["mrcnn"] = mrcnn(batch)
+
+    def run_merge():
+        sem = outputs["deeplab"].original(0)
+        inst = outputs["mrcnn"][0]
+        merge.predict(sem, replace(inst, labels=things[inst.labels]))
+
+    systems = {
+        "upsnet": upsnet,
+        "mrcnn_default": lambda b: run_mrcnn(b, default_thresh),
+        "deeplab": lambda b: outputs.__setitem__("deeplab", deeplab(b)),
+        "mrcnn": lambda b: run_mrcnn(b, panoptic_thresh),  # last: the merge uses its output
+    }
+    images = []
+    for batch in loader:
+        for i in range(len(batch)):
+            h, w = batch.image_sizes[i]
+            images.append(Batch.from_images([batch.images[i, :, :h, :w]], size_divisibility=32).to(device))
+        if len(images) >= num_images:
+            break
+    images = images[:num_images]
+    for system in systems.values():  # warm-up
+        system(images[0])
+    times: dict[str, list[float]] = {name: [] for name in [*systems, "merge"]}
+    detections = []
+    names = list(systems)[:3]
+    for r in range(repeats):
+        for j, batch in enumerate(images):
+            k = (r + j) % len(names)
+            for name in [*names[k:], *names[:k], "mrcnn"]:
+                _sync(device)
+                t0 = time.perf_counter()
+                systems[name](batch)
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+            detections.append(len(outputs["mrcnn"][0]))
+            _sync(device)
+            t0 = time.perf_counter()
+            run_merge()
+            _sync(device)
+            times["merge"].append(time.perf_counter() - t0)
+    mrcnn.box_head.score_thresh = default_thresh
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["detections"] = statistics.mean(detections)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50, 101))
+    parser.add_argument("--fpn-channels", type=int, default=128)
+    parser.add_argument("--num-train", type=int, default=512)
+    parser.add_argument("--num-val", type=int, default=64)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps from lr / 10")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--stuff-area-limit", type=int, default=64,
+                        help="stuff regions below this (pixels) become void: COCO's 4096 scaled "
+                             "to the 128x160 images")
+    parser.add_argument("--anchor-sizes", type=float, nargs=5, default=[16, 32, 64, 128, 256])
+    parser.add_argument("--rpn-pre-train", type=int, default=1000)
+    parser.add_argument("--rpn-post-train", type=int, default=500)
+    parser.add_argument("--rpn-pre-test", type=int, default=500)
+    parser.add_argument("--rpn-post-test", type=int, default=300)
+    parser.add_argument("--box-rois", type=int, default=256, help="sampled RoIs per image")
+    parser.add_argument("--timing-images", type=int, default=16)
+    parser.add_argument("--structural-depth", type=int, default=50, choices=(0, 18, 34, 50, 101),
+                        help="also time the three networks untrained at this depth (0: no)")
+    parser.add_argument("--timing-repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    dm = SyntheticShapesDataModule(
+        task="panoptic", num_train=args.num_train, num_val=args.num_val, seed=args.seed,
+        height=args.height, width=args.width, batch_size=args.batch_size, num_workers=0,
+        persistent_workers=False, pin_memory=False,
+        train_transform=TrainTransform(size=(args.height, args.width), scale_range=(0.75, 1.25),
+                                       hflip_prob=0.5, seed=args.seed),
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    info = dm.info
+
+    model = build_upsnet(args, info).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    sched = WarmupMultiStepLR(opt, [int(args.steps * 0.75)], warmup_iters=min(args.warmup, args.steps),
+                              warmup_factor=0.1)
+    torch.manual_seed(args.seed)  # the loader's shuffle order, the kept instances
+    step, epoch, t_start, history, skipped = 0, 0, time.perf_counter(), [], 0
+    while step < args.steps:
+        for batch in dm.train_dataloader():
+            if step >= args.steps:
+                break
+            model.train()
+            losses = model(batch.to(device))
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            if torch.isfinite(loss):
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, 10.0)
+                opt.step()
+            else:
+                skipped += 1
+            sched.step()
+            history.append({k: float(v.detach()) for k, v in losses.items()})
+            step += 1
+            if step % args.log_every == 0 or step == args.steps:
+                recent = history[-args.log_every:]
+                terms = {k: sum(h[k] for h in recent) / len(recent) for k in recent[-1]}
+                print(f"step {step}/{args.steps} epoch {epoch} "
+                      + " ".join(f"{k[5:]} {v:.3f}" for k, v in terms.items())
+                      + f" elapsed {time.perf_counter() - t_start:.0f}s", flush=True)
+        epoch += 1
+    train_s = time.perf_counter() - t_start
+
+    t_eval = time.perf_counter()
+    pq_upsnet = evaluate(model, dm.val_dataloader(), info, device)
+    upsnet_head = model.panoptic_head
+    model.panoptic_head = HeuristicPanopticMerge(info.thing_classes, info.stuff_classes,
+                                                 stuff_area_limit=args.stuff_area_limit)
+    pq_heuristic = evaluate(model, dm.val_dataloader(), info, device)
+    model.panoptic_head = upsnet_head
+    eval_s = time.perf_counter() - t_eval
+
+    mrcnn, deeplab = build_peers(args, info, model)
+    mrcnn.to(device)
+    deeplab.to(device)
+    t = time_inference(model, mrcnn, deeplab, dm.val_dataloader(), info, device,
+                       args.timing_images, args.timing_repeats)
+    two = t["mrcnn"] + t["deeplab"]
+    structural = None
+    if args.structural_depth:
+        # the same three networks at another depth, untrained (random init, the same for all):
+        # none has a detection above 0.6, so this times the structure alone
+        other = argparse.Namespace(**{**vars(args), "depth": args.structural_depth})
+        upsnet_d = build_upsnet(other, info).to(device)
+        mrcnn_d, deeplab_d = build_peers(other, info, upsnet_d)
+        structural = time_inference(upsnet_d, mrcnn_d.to(device), deeplab_d.to(device),
+                                    dm.val_dataloader(), info, device, args.timing_images,
+                                    args.timing_repeats)
+        del upsnet_d, mrcnn_d, deeplab_d
+
+    print(f"{'':22}{'PQ':>8}{'PQ_th':>8}{'PQ_st':>8}{'SQ':>8}{'RQ':>8}")
+    for name, r in (("UPSNet head", pq_upsnet), ("heuristic merge", pq_heuristic)):
+        print(f"{name:22}" + "".join(f"{100 * r[k]:8.2f}" for k in ("pq", "pq_th", "pq_st", "sq", "rq")))
+    print(f"inference per image: UPSNet {1000 * t['upsnet']:.1f} ms; Mask R-CNN "
+          f"{1000 * t['mrcnn']:.1f} (score >= 0.6; {t['detections']:.1f} detections) + DeepLab v3+ "
+          f"{1000 * t['deeplab']:.1f} = {1000 * two:.1f} ms (+ merge {1000 * t['merge']:.1f} ms); "
+          f"Mask R-CNN at its default score 0.05: {1000 * t['mrcnn_default']:.1f} ms")
+    if structural is not None:
+        two_d = structural["mrcnn"] + structural["deeplab"]
+        print(f"untrained, depth {args.structural_depth}: UPSNet {1000 * structural['upsnet']:.1f} ms; "
+              f"Mask R-CNN {1000 * structural['mrcnn']:.1f} + DeepLab v3+ "
+              f"{1000 * structural['deeplab']:.1f} = {1000 * two_d:.1f} ms")
+    gain = pq_upsnet["pq"] - pq_heuristic["pq"]
+    ratio = t["upsnet"] / two
+    print(f"depth {args.depth}, {args.steps} steps x batch {args.batch_size} ({epoch} epochs of "
+          f"{args.num_train} images), train {train_s:.0f}s, eval {eval_s:.0f}s, skipped {skipped}; "
+          f"goals: pq_gain_vs_heuristic > 0 {'MET' if gain > 0 else 'NOT MET'}, "
+          f"time_ratio_vs_two_models < 1 {'MET' if ratio < 1 else 'NOT MET'}")
+    print(json.dumps({
+        "pq_gain_vs_heuristic": round(gain, 4),
+        "time_ratio_vs_two_models": round(ratio, 4),
+        "time_ratio_vs_two_models_merged": round(t["upsnet"] / (two + t["merge"]), 4),
+        "time_ratio_vs_two_models_default_thresh": round(
+            t["upsnet"] / (t["mrcnn_default"] + t["deeplab"]), 4),
+        f"time_ratio_vs_two_models_untrained_r{args.structural_depth}": None if structural is None
+        else round(structural["upsnet"] / (structural["mrcnn"] + structural["deeplab"]), 4),
+        "pq_upsnet": round(pq_upsnet["pq"], 4),
+        "pq_th_upsnet": round(pq_upsnet["pq_th"], 4),
+        "pq_st_upsnet": round(pq_upsnet["pq_st"], 4),
+        "pq_heuristic": round(pq_heuristic["pq"], 4),
+        "pq_th_heuristic": round(pq_heuristic["pq_th"], 4),
+        "pq_st_heuristic": round(pq_heuristic["pq_st"], 4),
+        "ms_upsnet": round(1000 * t["upsnet"], 2),
+        "ms_maskrcnn": round(1000 * t["mrcnn"], 2),
+        "ms_maskrcnn_default_thresh": round(1000 * t["mrcnn_default"], 2),
+        "maskrcnn_detections": round(t["detections"], 2),
+        "ms_deeplabv3plus": round(1000 * t["deeplab"], 2),
+        "ms_merge": round(1000 * t["merge"], 2),
+        "steps": args.steps,
+        "depth": args.depth,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "skipped_steps": skipped,
+        "train_s": round(train_s, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": args.threads,
+    }))
+
+
+if __name__ == "__main__":
+    main()

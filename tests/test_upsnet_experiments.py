@@ -1,0 +1,96 @@
+"""UPSNet's experiments: the builder is the COCO experiment's network, and each ablation sweep
+file names an experiment and parameters that ``lseg`` accepts, every value building the network
+the ablation means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_seg.cli import main
+from lightning_seg.layers.deform import DeformConv2d
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("upsnet_*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def offline_weights(monkeypatch):
+    import torchvision
+
+    from lightning_seg.models import weights
+
+    monkeypatch.setattr(weights, "download_state_dict",
+                        lambda name, member: torchvision.models.get_model(name, weights=None).state_dict())
+
+
+def _runs(path: Path) -> list[tuple[str, object]]:
+    sweep = yaml.safe_load(path.read_text())
+    assert (REPO / sweep["experiment"]).is_file() and sweep["method"] == "grid"
+    assert sweep["metric"] == {"name": "val/score", "goal": "maximize"}
+    return [(name, value) for name, spec in sweep["parameters"].items() for value in spec["values"]]
+
+
+def test_the_three_ablations_exist():
+    assert [p.stem for p in SWEEPS] == ["upsnet_deformable", "upsnet_panoptic_head",
+                                        "upsnet_unknown_class"]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_value_builds_its_network(path: Path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    experiment = yaml.safe_load(path.read_text())["experiment"]
+    for name, value in _runs(path):
+        arg = value if isinstance(value, str) else yaml.safe_dump(value).split("\n")[0]
+        net = main(["--config", experiment, f"--{name}", str(arg)], run=False).model.model
+        if name.endswith("panoptic_head.class_path"):
+            assert type(net.panoptic_head).__name__ == value.rsplit(".", 1)[1]
+        elif name.endswith("box_keep_fraction"):
+            assert net.panoptic_head.with_unknown == (value < 1)
+        else:
+            assert any(isinstance(m, DeformConv2d) for m in net.semantic_head.modules()) == value
+
+
+def test_the_builder_equals_the_coco_experiment(monkeypatch):
+    from lightning_seg.cli import build_experiment
+    from lightning_seg.models.detectors.upsnet import upsnet_r50_fpn
+
+    monkeypatch.chdir(REPO)
+    task, data = build_experiment(REPO / "experiments" / "upsnet_r50_fpn_coco_1x.yaml")
+    built = upsnet_r50_fpn(data.info.thing_classes, data.info.stuff_classes,
+                           weights_backbone="IMAGENET1K_V1")
+    assert repr(built) == repr(task.model)
+    shapes = {k: tuple(v.shape) for k, v in task.model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    assert task.model.box_head.num_classes == 80 and task.model.semantic_head.num_classes == 133
+    for name in ("semantic_head", "panoptic_head"):  # the numbers repr does not show
+
+        def numbers(module):
+            return {k: v for k, v in vars(module).items() if isinstance(v, (int, float, bool, list))}
+
+        assert numbers(getattr(built, name)) == numbers(getattr(task.model, name)), name
+
+
+# the official experiment YAMLs: (semantic layers, semantic / RoI semantic / panoptic loss
+# weights, small-stuff limit); inference is the same for both (score 0.6, class-agnostic NMS 0.5,
+# <= 100 instances, a mask dropped when > 0.3 of it is covered, instances mostly stuff -> stuff)
+OFFICIAL = {
+    "upsnet_r50_fpn_coco_1x.yaml": (3, 0.2, 0.04, 0.1, 4096),
+    "upsnet_r50_fpn_cityscapes_12k.yaml": (2, 1.0, 0.0, 0.5, 2048),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_loss_weights_and_inference_rules_per_dataset(name: str, monkeypatch):
+    from lightning_seg.cli import build_experiment
+
+    monkeypatch.chdir(REPO)
+    task, _ = build_experiment(REPO / "experiments" / name)
+    sem, pan = task.model.semantic_head, task.model.panoptic_head
+    layers = sum(isinstance(m, DeformConv2d) for m in sem.subnet.modules())
+    assert (layers, sem.loss_weight, sem.roi_loss_weight, pan.loss_weight, pan.stuff_area_limit) == OFFICIAL[name]
+    assert (pan.box_keep_fraction, pan.with_unknown) == (0.7, True)
+    assert (pan.score_thresh, pan.nms_thresh, pan.detections_per_img) == (0.6, 0.5, 100)
+    assert (pan.mask_overlap_thresh, pan.majority_thresh) == (0.3, 0.5)
