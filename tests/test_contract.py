@@ -139,6 +139,21 @@ def test_unreadable_checkpoints_name_the_path(tmp_path, monkeypatch):
               "--ckpt_path", str(truncated)])
 
 
+def test_last_checkpoint_is_the_latest_state_when_the_score_does_not_improve(tmp_path, monkeypatch):
+    """lr 0: validation never improves after epoch 0, so no best checkpoint is written later;
+    last.ckpt must still hold the final step (Lightning's own ModelCheckpoint leaves it at the
+    best step, and resuming from it would repeat training)."""
+    monkeypatch.chdir(REPO)
+    config = _tiny_config(tmp_path)
+    cli = main(["fit", "--config", str(config), BACKBONE_WEIGHTS, "null",
+                "--model.init_args.optimizer.init_args.lr", "0", "--trainer.max_epochs", "3"])
+    checkpoints = Path(cli.trainer.log_dir) / "checkpoints"
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-000.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == cli.trainer.global_step == 6
+    assert last["epoch"] == 2
+
+
 def test_a_diverging_run_stops_without_saving_nan_weights(tmp_path, monkeypatch):
     """lr 1e6: the loss is NaN within a few steps; each such step is skipped and counted, and
     the run stops with the cause instead of finishing with NaN weights saved as best/last."""
