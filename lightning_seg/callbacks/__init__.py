@@ -1,5 +1,5 @@
-"""Callbacks: the best-and-last checkpoint, progress reporting, prediction pictures and files, run summary, run cost, W&B
-extras (per-class tables, artifacts), YOLACT prototype diagnostics."""
+"""Callbacks: the best-and-last checkpoint, progress reporting, prediction pictures and files, run
+summary, run cost, W&B extras (per-class tables, artifacts), YOLACT prototype diagnostics."""
 
 from lightning_seg.callbacks.checkpoint import BestAndLastCheckpoint
 from lightning_seg.callbacks.cost import RunCost
