@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.errors import UserError
-from lightning_seg.structures import Batch
+from lightning_seg.structures import Batch, DatasetInfo
+from lightning_seg.structures.dataset_info import require_fact
 
 log = logging.getLogger("lightning_seg.tasks")
 
@@ -87,6 +88,17 @@ class BaseTask(L.LightningModule):
         self.nonfinite_steps = 0
         self._consecutive_nonfinite = 0
         self._skip_update = False
+
+    def set_class_facts(self, num_classes: int | None, info: DatasetInfo | None, required_info: bool = False) -> None:
+        """Set ``self.num_classes`` and ``self.info`` from the dataset facts (filled by ``lseg``):
+        ``num_classes`` is required; ``info`` too when ``required_info``, else it defaults to
+        classes named by their index. Raises when the two disagree."""
+        self.num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
+        if required_info:
+            info = require_fact(info, "info", type(self).__name__)
+        self.info = info or DatasetInfo([str(i) for i in range(self.num_classes)])
+        if self.info.num_classes != self.num_classes:
+            raise ValueError(f"info has {self.info.num_classes} classes, num_classes is {self.num_classes}")
 
     def save_task_hyperparameters(self) -> None:
         """Save the caller's ``__init__`` arguments as hyperparameters.

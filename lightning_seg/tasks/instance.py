@@ -11,7 +11,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightning_seg.structures import Batch, DatasetInfo, InstancePredictions, InstanceTargets
-from lightning_seg.structures.dataset_info import require_fact
 from lightning_seg.tasks.base import (
     BaseTask,
     LRSchedulerCallable,
@@ -96,11 +95,7 @@ class InstanceSegmentationTask(BaseTask):
         self.save_task_hyperparameters()
         from lightning_seg.metrics.coco import COCOEvaluator
 
-        num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
-        self.num_classes = num_classes
-        self.info = info or DatasetInfo([str(i) for i in range(num_classes)])
-        if self.info.num_classes != num_classes:
-            raise ValueError(f"info has {self.info.num_classes} classes, num_classes is {num_classes}")
+        self.set_class_facts(num_classes, info)
         self.iou_types = tuple(iou_types)
         self.vis_score_thresh = vis_score_thresh
         self.per_class_ap = per_class_ap

@@ -17,7 +17,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightning_seg.structures import Batch, DatasetInfo, PanopticPredictions, PanopticTargets
-from lightning_seg.structures.dataset_info import require_fact
 from lightning_seg.tasks.base import (
     BaseTask,
     LRSchedulerCallable,
@@ -109,11 +108,7 @@ class PanopticSegmentationTask(BaseTask):
         self.save_task_hyperparameters()
         from lightning_seg.metrics.panoptic import PanopticQualityMetric
 
-        num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
-        self.num_classes = num_classes
-        self.info = require_fact(info, "info", type(self).__name__)
-        if self.info.num_classes != num_classes:
-            raise ValueError(f"info has {self.info.num_classes} classes, num_classes is {num_classes}")
+        self.set_class_facts(num_classes, info, required_info=True)
         things, stuff = self.info.thing_classes, self.info.stuff_classes
         names = list(self.info.class_names)
         self.val_metrics = PanopticQualityMetric(things, stuff, class_names=names)

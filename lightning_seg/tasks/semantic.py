@@ -11,7 +11,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightning_seg.structures import Batch, DatasetInfo, SemanticPredictions
-from lightning_seg.structures.dataset_info import require_fact
 from lightning_seg.tasks.base import (
     BaseTask,
     LRSchedulerCallable,
@@ -53,11 +52,8 @@ class SemanticSegmentationTask(BaseTask):
         self.save_task_hyperparameters()
         from lightning_seg.metrics.semantic import SegmentationMetrics
 
-        num_classes = require_fact(num_classes, "num_classes", type(self).__name__)
-        self.num_classes = num_classes
-        self.info = info or DatasetInfo([str(i) for i in range(num_classes)])
-        if self.info.num_classes != num_classes:
-            raise ValueError(f"info has {self.info.num_classes} classes, num_classes is {num_classes}")
+        self.set_class_facts(num_classes, info)
+        num_classes = self.num_classes
         self.ignore_index = self.info.ignore_index
         self.class_names = list(self.info.class_names)
         self.palette = self.info.palette
