@@ -3,6 +3,8 @@
 from lightning_seg.models.heads.anchors import AnchorGenerator
 from lightning_seg.models.heads.box_head import BoxRoIHead
 from lightning_seg.models.heads.mask_head import MaskRoIHead
+from lightning_seg.models.heads.refine_mask import RefineMaskHead
+from lightning_seg.models.heads.refine_mask_semantic import ForegroundSemanticHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
 from lightning_seg.models.heads.yolact import (
     MaskIoUHead,
@@ -16,10 +18,12 @@ __all__ = [
     "RPN",
     "AnchorGenerator",
     "BoxRoIHead",
+    "ForegroundSemanticHead",
     "MaskIoUHead",
     "MaskRoIHead",
     "ProtoNet",
     "RPNHead",
+    "RefineMaskHead",
     "YolactAnchors",
     "YolactHead",
     "YolactSemanticHead",
