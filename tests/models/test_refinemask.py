@@ -159,7 +159,7 @@ def test_loss_follows_the_official_rules():
     raw = _fake_raw(head, 3)
     targets = _targets_for()
     losses = head.loss(raw, targets)
-    assert set(losses) == STAGE_KEYS
+    assert set(losses) == STAGE_KEYS and head.stage_loss_weights == [0.25, 0.5, 0.75, 1.0]
     stage_t = head.stage_targets(raw, targets)
     for s in range(2):
         ref = F.binary_cross_entropy_with_logits(raw.stage_logits[s][:, 0], stage_t[s])
@@ -208,7 +208,7 @@ def test_inference_chains_the_boundary_overwrite_from_28():
         ({"fusion": "sum"}, 112),
         ({"semantic_features": False}, 112),
         ({"semantic_features": False, "semantic_mask": False}, 112),
-        ({"stage_sizes": (14, 28), "stage_loss_weights": (0.5, 1.0)}, 28),
+        ({"stage_sizes": (14, 28)}, 28),  # weights (k + 1) / n: 0.5, 1
         ({"stage_sizes": (14, 28, 56, 112, 224), "stage_loss_weights": (0.25, 0.5, 0.75, 1, 1)},
          224),
         ({"boundary_width": 3, "inference_boundary_width": 2}, 112),
@@ -283,7 +283,8 @@ def test_missing_or_mismatched_semantic_head_is_a_clear_error():
     with pytest.raises(ValueError, match="twice"):
         RefineMaskHead(SHAPES, num_classes=3, stage_sizes=(14, 30))
     with pytest.raises(ValueError, match="one weight per stage"):
-        RefineMaskHead(SHAPES, num_classes=3, stage_sizes=(14, 28, 56))
+        RefineMaskHead(SHAPES, num_classes=3, stage_sizes=(14, 28, 56),
+                       stage_loss_weights=(0.25, 0.5, 0.75, 1.0))
 
 
 def test_bf16_autocast_forward_backward_on_cpu():
@@ -488,3 +489,31 @@ def test_stage_mask_ious_of_the_positive_rois():
     worse = stage_mask_ious([torch.where(e, 5.0, -5.0) for e in eroded], [boxes], targets)
     mask_iou, boundary_iou = worse[-1]
     assert (mask_iou < 1).all() and (boundary_iou < mask_iou).all()
+
+
+def test_sweep_files_name_real_arguments_of_the_mask_head():
+    """Every RefineMask sweep applies to an experiment whose mask head is a RefineMaskHead, and
+    every combination of its values builds a head."""
+    import itertools
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    sweeps = sorted((repo / "experiments" / "sweeps").glob("refinemask_*.yaml"))
+    assert len(sweeps) >= 5
+    prefix = "model.init_args.model.init_args.mask_head.init_args."
+    for path in sweeps:
+        sweep = yaml.safe_load(path.read_text())
+        experiment = repo / sweep["experiment"]
+        fragments = yaml.safe_load(experiment.read_text())["fragments"]
+        model = yaml.safe_load((experiment.parent / fragments[0]).read_text())
+        head = model["model"]["init_args"]["model"]["init_args"]["mask_head"]
+        assert head["class_path"].endswith("RefineMaskHead"), path.name
+        names, values = [], []
+        for key, spec in sweep["parameters"].items():
+            assert key.startswith(prefix), (path.name, key)
+            names.append(key[len(prefix):])
+            values.append(spec["values"] if "values" in spec else [spec["value"]])
+        for combo in itertools.product(*values):
+            RefineMaskHead(SHAPES, num_classes=3, conv_dim=64, semantic_channels=32,
+                           **dict(zip(names, combo)))

@@ -304,8 +304,9 @@ class RefineMaskHead(nn.Module):
             faster-better configs).
         last_stage_upsample_logits: the last stage's features stay at the previous size and
             its logits are upsampled 2x (bilinear, ``align_corners=True``; faster-better).
-        stage_loss_weights: weight of each stage's loss (0.25, 0.5, 0.75, 1.0; faster-better
-            0.5, 0.75, 0.75, 1.0).
+        stage_loss_weights: weight of each stage's loss; None: ``(k + 1) / n`` for stage ``k``
+            of ``n``, which is the official (0.25, 0.5, 0.75, 1.0) for four stages and lets
+            ``stage_sizes`` change alone (faster-better: 0.5, 0.75, 0.75, 1.0).
         num_full_loss_stages: the first stages trained on the whole RoI (2: 14 and 28); the
             later ones are trained inside the boundary-aware region.
         boundary_loss: boundary-aware loss of the later stages (BAR); False trains every stage
@@ -345,7 +346,7 @@ class RefineMaskHead(nn.Module):
         guide_sigmoid: bool = True,
         class_agnostic_last_stage: bool = False,
         last_stage_upsample_logits: bool = False,
-        stage_loss_weights: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+        stage_loss_weights: Sequence[float] | None = None,
         num_full_loss_stages: int = 2,
         boundary_loss: bool = True,
         boundary_width: int = 2,
@@ -363,6 +364,8 @@ class RefineMaskHead(nn.Module):
             raise ValueError(f"stage_sizes needs at least two sizes (one refinement), got {stage_sizes}")
         if any(b != 2 * a for a, b in itertools.pairwise(stage_sizes)):
             raise ValueError(f"each stage size must be twice the previous, got {stage_sizes}")
+        if stage_loss_weights is None:
+            stage_loss_weights = [(k + 1) / len(stage_sizes) for k in range(len(stage_sizes))]
         if len(stage_loss_weights) != len(stage_sizes):
             raise ValueError(
                 f"stage_loss_weights has {len(stage_loss_weights)} weights for "
