@@ -8,8 +8,11 @@ parts start from the same weights), the same batches in the same order (one load
 feeds both), the same number of SGD steps with the same schedule and gradient clipping (35, the
 official value). They differ in the mask branch only: Mask R-CNN's 4-conv FCN head (28x28 masks)
 against RefineMask's semantic head on P2 and multi-stage mask head (14 -> 28 -> 56 -> 112, SFM,
-boundary-aware refinement, official kaiming init unless ``--refinemask-logits-init-std``). Steps
-are interleaved so that machine load affects both alike. The stars and triangles of the synthetic
+boundary-aware refinement). The logits convs of both mask branches start from Detectron's small
+init (std 0.001; ``--refinemask-logits-init-std 0`` gives RefineMask the official kaiming init,
+whose first losses of ~10 nats per stage slow short from-scratch runs down: the tiny model of the
+COCO-mini overfit test reached AP50 0.79 in 300 steps with it, 0.97 in 160 without). Steps are
+interleaved so that machine load affects both alike. The stars and triangles of the synthetic
 world have the thin parts and sharp corners RefineMask is for.
 
 Measured after training, in one run:
@@ -94,10 +97,9 @@ def build(kind: str, num_classes: int, args) -> MaskRCNN:
             f"{net}.mask_head.init_args.conv_dim={width}",
             f"{net}.mask_head.init_args.semantic_channels={width}",
         ]
-        if args.refinemask_logits_init_std is not None:
-            std = args.refinemask_logits_init_std
-            extra += [f"{net}.semantic_head.init_args.logits_init_std={std}",
-                      f"{net}.mask_head.init_args.logits_init_std={std}"]
+        std = args.refinemask_logits_init_std or "null"  # null: the official kaiming init
+        extra += [f"{net}.semantic_head.init_args.logits_init_std={std}",
+                  f"{net}.mask_head.init_args.logits_init_std={std}"]
     else:
         experiment = "mask_rcnn_r50_fpn_shapes_24e.yaml"
         extra = [f"{net}.mask_head.init_args.conv_dims={[width] * 4}"]
@@ -253,9 +255,9 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=35.0, help="gradient norm clip (official 35)")
     parser.add_argument("--box-loss-weight", type=float, default=1.0,
                         help="box head loss weights, both models (RefineMask's config: 2)")
-    parser.add_argument("--refinemask-logits-init-std", type=float, default=None,
-                        help="normal init of RefineMask's logits convs (default: the official "
-                             "kaiming init)")
+    parser.add_argument("--refinemask-logits-init-std", type=float, default=0.001,
+                        help="normal init std of RefineMask's logits convs, as Mask R-CNN's mask "
+                             "predictor (0.001); 0: the official kaiming init")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

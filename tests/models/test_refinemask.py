@@ -27,6 +27,7 @@ from lightning_seg.structures import Batch, InstanceTargets, ShapeSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_maskrcnn import (
+    MINI_STEPS,
     _blob_batch,
     batch_of,
     load_coco_mini,
@@ -443,13 +444,22 @@ def test_official_weights_of_the_wrong_model_are_refused():
 # ---------------------------------------------------------------------- real COCO images
 def test_overfit_coco_mini_mask_ap50(shared_data):
     """Memorise the 6 real COCO images (short side 200) with the tiny RefineMask: mask AP50
-    >= 0.9 on them within 300 steps (the setting of Mask R-CNN's overfit test)."""
+    >= 0.9 at two consecutive evaluations, in the setting of Mask R-CNN's overfit test.
+
+    The logits convs start from Detectron's small init (std 0.001, as the tiny Mask R-CNN's mask
+    predictor): with the official kaiming init the first losses are ~10 nats per stage and the
+    semantic logit, the shared features take a while to recover, and the same model reached only
+    0.79 by step 300. Measured (seed 0, 2 threads, idle machine): 0.549 at step 100, 0.753 at 120,
+    0.931 at 140, 0.966 at 160, so it passes at step 160 (about 100 s of training).
+    """
     batch, sizes, targets, _, info = load_coco_mini(shared_data, short_side=200)
     torch.manual_seed(0)
-    model = tiny_refinemask(num_classes=info.num_classes, anchor_sizes=(8, 16, 32, 64, 128))
+    model = tiny_refinemask(num_classes=info.num_classes, anchor_sizes=(8, 16, 32, 64, 128),
+                            head_options={"logits_init_std": 0.001},
+                            semantic_options={"logits_init_std": 0.001})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ap50, history = 0.0, []
-    for step in range(300):
+    history = []
+    for step in range(MINI_STEPS):
         idx = [(3 * step + j) % len(sizes) for j in range(3)]
         model.train()
         losses = model(batch_of(batch[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
@@ -461,9 +471,11 @@ def test_overfit_coco_mini_mask_ap50(shared_data):
             with torch.no_grad():
                 ap50 = mask_ap50(model(batch_of(batch, sizes)), targets)
             history.append((step + 1, round(ap50, 3)))
-            if ap50 >= 0.9:
+            if len(history) >= 2 and min(ap for _, ap in history[-2:]) >= 0.9:
                 break
-    assert ap50 >= 0.9, f"mask AP50 by step: {history}"
+    assert len(history) >= 2 and min(ap for _, ap in history[-2:]) >= 0.9, (
+        f"mask AP50 by step: {history}"
+    )
 
 
 def test_stage_mask_ious_of_the_positive_rois():
