@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install lightning_seg with its test, benchmark and export extras, at the
-# exact versions of constraints.txt (those the test suite passed with). Works on a fresh machine
+# Create .venv (if missing) and install lightning_seg with its test, benchmark, export and report
+# extras, at the exact versions of constraints.txt (those the test suite passed with). Works on a fresh machine
 # with Python 3.11+ and nothing else; safe to run again: it reinstalls when pyproject.toml or
 # constraints.txt is newer than the last install, or when the pinning mode changed.
 #   LSEG_UNPINNED=1 bash scripts/setup.sh   # without the pins: the newest releases pyproject allows
@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 STAMP=.venv/.lseg-installed
-ARGS=(-e ".[dev,benchmark,export]")
+ARGS=(-e ".[dev,benchmark,export,report]")
 if [ "${LSEG_UNPINNED:-0}" = 1 ]; then
   MODE=unpinned
   ARGS+=(--upgrade)

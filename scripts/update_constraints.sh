@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rewrite constraints.txt with the exact versions installed in .venv of lightning_seg's
-# dependencies (with the dev and benchmark extras, recursively; nothing else in the venv).
+# dependencies (with the dev, benchmark, export and report extras, recursively; nothing else in the venv).
 # Moving to newer releases is a deliberate commit:
 #   rm -rf .venv && LSEG_UNPINNED=1 bash scripts/setup.sh   # the newest releases pyproject allows
 #   bash scripts/update_constraints.sh                      # write them down
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 trap 'rm -f constraints.txt.new' EXIT
 "$PY" - >constraints.txt.new <<'PY'
-"""Print ``name==version`` for every installed distribution lightning_seg[dev,benchmark] needs."""
+"""Print ``name==version`` for every installed distribution lightning_seg[dev,benchmark,export,report] needs."""
 import platform
 import sys
 from importlib import metadata
@@ -18,7 +18,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT, EXTRAS = "lightning_seg", ("dev", "benchmark", "export")
+ROOT, EXTRAS = "lightning_seg", ("dev", "benchmark", "export", "report")
 
 
 def requirements(dist: metadata.Distribution, extras) -> list[Requirement]:

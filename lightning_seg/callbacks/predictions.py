@@ -123,4 +123,23 @@ class RunSummary(Callback):
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and "/" not in k[4:]}
         if final:
             lines.append("  last val:     " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
+        cost = next((cb.measured for cb in trainer.callbacks if hasattr(cb, "measured") and
+                     "cost/params" in getattr(cb, "measured", {})), None)
+        if cost:
+            lines.append(f"  cost:         {describe_cost(cost)}")
         print("\n".join(lines), flush=True)
+
+
+def describe_cost(cost: dict[str, float]) -> str:
+    """``11.2 M params, 3.41 GFLOPs/image at 128x160, latency 12.3 ms, train step 345 ms``."""
+    parts = [f"{cost['cost/params'] / 1e6:.3g} M params"]
+    if "cost/flops" in cost:
+        size = ""
+        if "cost/input_height" in cost:
+            size = f" at {cost['cost/input_height']:.0f}x{cost['cost/input_width']:.0f}"
+        parts.append(f"{cost['cost/flops'] / 1e9:.3g} GFLOPs/image{size}")
+    if "cost/latency_ms" in cost:
+        parts.append(f"latency {cost['cost/latency_ms']:.3g} ms")
+    if "cost/train_step_ms" in cost:
+        parts.append(f"train step {cost['cost/train_step_ms']:.3g} ms")
+    return ", ".join(parts)

@@ -111,3 +111,69 @@ class ASPP(nn.Module):
         if self.pooling is not None:
             outs.append(self.pooling(x))
         return self.dropout(self.project(torch.cat(outs, dim=1)))
+
+
+class SummedASPP(nn.Module):
+    """DeepLab v2's ASPP ("ASPP-L" at rates 6, 12, 18, 24; Chen et al., "DeepLab: Semantic Image
+    Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully Connected CRFs",
+    TPAMI 2017, Sec. 3.2 / Fig. 4): parallel atrous branches that each predict class scores;
+    the score maps are summed. No normalisation, no image pooling, no projection (v3 added
+    those).
+
+    A branch is one ``3x3`` atrous conv straight to the K scores (the paper's ResNet-101 model,
+    ``branch_channels=None``), or, as on VGG-16, ``3x3`` atrous conv (``branch_channels``) ->
+    ReLU -> dropout -> ``1x1`` conv -> ReLU -> dropout -> ``1x1`` conv to K (fc6 / fc7 / fc8 of
+    each branch, 1024 channels in the paper). The score convs are initialised from
+    N(0, 0.01^2), biases 0, as in the paper's Caffe models.
+
+    Args:
+        in_channels: channels of the backbone feature C_in.
+        num_classes: K.
+        rates: atrous rate of each branch.
+        branch_channels: width of the VGG-style branches, or None for single-conv branches.
+        dropout: dropout inside the VGG-style branches.
+
+    Shapes:
+        ``Tensor[B, C_in, H, W] -> Tensor[B, K, H, W]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        rates: Sequence[int] = (6, 12, 18, 24),
+        branch_channels: int | None = None,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not rates:
+            raise ValueError("SummedASPP needs at least one rate")
+        branches: list[nn.Module] = []
+        for rate in rates:
+            if branch_channels is None:
+                branch: nn.Module = nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate)
+            else:
+                branch = nn.Sequential(
+                    nn.Conv2d(in_channels, branch_channels, 3, padding=rate, dilation=rate),
+                    nn.ReLU(inplace=True),
+                    nn.Dropout(dropout),
+                    nn.Conv2d(branch_channels, branch_channels, 1),
+                    nn.ReLU(inplace=True),
+                    nn.Dropout(dropout),
+                    nn.Conv2d(branch_channels, num_classes, 1),
+                )
+            branches.append(branch)
+        self.branches = nn.ModuleList(branches)
+        for branch in self.branches:
+            last = branch if isinstance(branch, nn.Conv2d) else branch[-1]
+            nn.init.normal_(last.weight, std=0.01)
+            nn.init.zeros_(last.bias)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.rates = tuple(rates)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = self.branches[0](x)  # Tensor[B, K, H, W]
+        for branch in self.branches[1:]:
+            scores = scores + branch(x)
+        return scores

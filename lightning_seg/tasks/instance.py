@@ -73,6 +73,9 @@ class InstanceSegmentationTask(BaseTask):
             with warm-up recommended).
         scheduler_interval: ``"epoch"`` or ``"step"``.
         vis_score_thresh: minimum score drawn in prediction pictures.
+        per_class_ap: also log the AP of every class (``val/<type>/AP/<class>``, -1 for a class
+            absent from the data; a per-class table in W&B); turn off for datasets with very
+            many classes (LVIS).
         max_nonfinite_steps: consecutive non-finite steps that stop the run (``BaseTask``).
     """
 
@@ -87,6 +90,7 @@ class InstanceSegmentationTask(BaseTask):
         scheduler_interval: str = "epoch",
         vis_score_thresh: float = 0.3,
         max_nonfinite_steps: int = 10,
+        per_class_ap: bool = True,
     ) -> None:
         super().__init__(model, optimizer, scheduler, scheduler_interval, "val/score", max_nonfinite_steps)
         self.save_task_hyperparameters()
@@ -99,8 +103,10 @@ class InstanceSegmentationTask(BaseTask):
             raise ValueError(f"info has {self.info.num_classes} classes, num_classes is {num_classes}")
         self.iou_types = tuple(iou_types)
         self.vis_score_thresh = vis_score_thresh
-        self.val_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids)
-        self.test_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids)
+        self.per_class_ap = per_class_ap
+        per_class = {"per_class": per_class_ap, "class_names": list(self.info.class_names)}
+        self.val_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids, **per_class)
+        self.test_metrics = COCOEvaluator(iou_types=self.iou_types, category_ids=self.info.category_ids, **per_class)
         self._results: list[dict] = []
 
     def update_metrics(self, metric, batch: Batch, predictions: list[InstancePredictions]) -> None:

@@ -84,6 +84,9 @@ def test_fit_logs_every_loss_term_and_coco_metrics(trained):
     for key in ("val/bbox/AP", "val/segm/AP", "val/boundary/AP", "val/score"):
         assert key in logged, sorted(logged)
         assert -1.0 <= float(cli.trainer.logged_metrics[key]) <= 1.0
+    names = cli.model.info.class_names  # per-class AP (-1: a class absent from the data)
+    for name in names:
+        assert -1.0 <= float(cli.trainer.logged_metrics[f"val/segm/AP/{name}"]) <= 1.0
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "predictions").glob("epoch_*.png"))
 

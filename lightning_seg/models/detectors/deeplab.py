@@ -1,5 +1,16 @@
-"""DeepLab v3 (Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017)
-and DeepLab v3+ (Chen et al., "Encoder-Decoder with Atrous Separable Convolution", ECCV 2018).
+"""The DeepLab lineage: v1 "LargeFOV" (Chen et al., "Semantic Image Segmentation with Deep
+Convolutional Nets and Fully Connected CRFs", ICLR 2015), v2 (Chen et al., "DeepLab: ... Atrous
+Convolution, and Fully Connected CRFs", TPAMI 2017), v3 (Chen et al., "Rethinking Atrous
+Convolution for Semantic Image Segmentation", 2017) and v3+ (Chen et al., "Encoder-Decoder with
+Atrous Separable Convolution", ECCV 2018). The fully connected CRF of v1 / v2 is not included.
+
+v1 LargeFOV: atrous VGG16 (output stride 8: pool4 / pool5 stride 1, conv5 dilated 2), fc6 3x3
+with dilation 12 and 1024 channels, fc7 1x1 1024 (both in ``VGGBackbone``), fc8 1x1 to the
+classes (``DeepLabV1``). v2: atrous ResNet-101 (output stride 8), ASPP-L: four 3x3 branches at
+rates 6 / 12 / 18 / 24 whose class scores are summed (``DeepLabV2``, ``SummedASPP``). Both
+upsample the stride-8 scores bilinearly to the input; the papers trained on labels
+subsampled by 8 and upsampled only at test time, and v2's multi-scale inputs (MSC) are not
+included.
 
 v3: atrous backbone (output stride 16 or 8) -> ASPP -> optional 3x3 convs -> 1x1 classifier ->
 bilinear upsampling to the input size. v3+: the ASPP output is upsampled 4x (to the stride-4
@@ -21,16 +32,109 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seg.layers.aspp import ASPP
+from lightning_seg.layers.aspp import ASPP, SummedASPP
 from lightning_seg.layers.conv import ConvNormAct, NormLayer
 from lightning_seg.layers.separable import SeparableConv2d
 from lightning_seg.models.backbones.resnet import ResNetBackbone
+from lightning_seg.models.backbones.vgg import VGGBackbone
 from lightning_seg.models.backbones.xception import XceptionBackbone
 from lightning_seg.models.detectors.semantic import SemanticSegmentor
 from lightning_seg.models.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
 
+
+
+class DeepLabV1(SemanticSegmentor):
+    """DeepLab v1: an atrous backbone whose last feature is already a classifier's input (fc7 of
+    the LargeFOV VGG16), a ``1x1`` score layer (fc8), logits upsampled bilinearly to the input.
+
+    Args:
+        backbone: e.g. ``VGGBackbone(output_stride=8, pool_kernel_size=3, fc6_kernel_size=3,
+            fc6_dilation=12, fc_channels=1024, out_features=("fc7",))`` (LargeFOV).
+        num_classes: K, including background.
+        in_feature: backbone level fed to the score layer (``"fc7"``).
+        ignore_index: label of void pixels (filled from the dataset); for the default criterion.
+        criterion: the loss part (``SemanticSegmentor``); None: cross-entropy.
+        preprocessor: normalisation (``SemanticSegmentor``); None: ImageNet mean / std.
+        inference_window, inference_stride: sliding-window inference (``SemanticSegmentor``).
+
+    The score layer is initialised from N(0, 0.01^2) with zero bias, as the paper's fc8.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        in_feature: str = "fc7",
+        ignore_index: int | None = None,
+        criterion: nn.Module | None = None,
+        preprocessor: ImagePreprocessor | None = None,
+        inference_window: Sequence[int] | None = None,
+        inference_stride: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
+                         inference_stride)
+        if in_feature not in backbone.out_channels:
+            raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
+        self.backbone = backbone
+        self.in_feature = in_feature
+        self.classifier = nn.Conv2d(backbone.out_channels[in_feature], self.num_classes, 1)
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
+
+    def network_logits(self, x: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` normalised images -> ``Tensor[B, K, H, W]`` logits."""
+        feature = self.backbone(x)[self.in_feature]  # Tensor[B, C, H/8, W/8]
+        logits = self.classifier(feature)  # Tensor[B, K, H/8, W/8]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class DeepLabV2(SemanticSegmentor):
+    """DeepLab v2: atrous backbone + ASPP whose branches' class scores are summed
+    (``SummedASPP``), logits upsampled bilinearly to the input.
+
+    Args:
+        backbone: e.g. ``ResNetBackbone(depth=101, output_stride=8, out_features=("c5",))``
+            (frozen BatchNorm in the paper, which trains with ImageNet weights and batch 10).
+        num_classes: K, including background.
+        in_feature: backbone level fed to ASPP (``"c5"`` ResNet, ``"pool5"`` VGG).
+        aspp_rates: atrous rates of the branches (ASPP-L: 6, 12, 18, 24; ASPP-S: 2, 4, 8, 12).
+        branch_channels: None: each branch is one ``3x3`` conv to the scores (ResNet-101 model);
+            1024: fc6 / fc7 / fc8 branches (VGG-16 model).
+        dropout: dropout inside fc6 / fc7 branches.
+        ignore_index, criterion, preprocessor, inference_window, inference_stride: as
+            ``SemanticSegmentor``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        in_feature: str = "c5",
+        aspp_rates: Sequence[int] = (6, 12, 18, 24),
+        branch_channels: int | None = None,
+        dropout: float = 0.5,
+        ignore_index: int | None = None,
+        criterion: nn.Module | None = None,
+        preprocessor: ImagePreprocessor | None = None,
+        inference_window: Sequence[int] | None = None,
+        inference_stride: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(num_classes, ignore_index, criterion, preprocessor, inference_window,
+                         inference_stride)
+        if in_feature not in backbone.out_channels:
+            raise ValueError(f"backbone has no feature {in_feature!r}; it gives {list(backbone.out_channels)}")
+        self.backbone = backbone
+        self.in_feature = in_feature
+        self.aspp = SummedASPP(backbone.out_channels[in_feature], self.num_classes, tuple(aspp_rates),
+                               branch_channels=branch_channels, dropout=dropout)
+
+    def network_logits(self, x: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` normalised images -> ``Tensor[B, K, H, W]`` logits."""
+        feature = self.backbone(x)[self.in_feature]  # Tensor[B, C, H/OS, W/OS]
+        logits = self.aspp(feature)  # Tensor[B, K, H/OS, W/OS]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _default_rates(stride: int) -> tuple[int, ...]:
@@ -324,6 +428,36 @@ def load_torchvision_deeplabv3(
 
 
 # --------------------------------------------------------------------------- builders
+
+
+def deeplabv1_largefov_vgg16(num_classes: int, weights: str | None = None) -> DeepLabV1:
+    """DeepLab v1 LargeFOV as in the paper: VGG16 at output stride 8 (3x3 poolings, pool4 /
+    pool5 stride 1, conv5 dilated 2), fc6 3x3 dilation 12 with 1024 channels, fc7 1x1 1024
+    (ImageNet fc6 / fc7 decimated into them when ``weights`` is given), fc8 to the classes.
+
+    Args:
+        num_classes: K including background.
+        weights: torchvision ``VGG16_Weights`` member name (``"IMAGENET1K_V1"``) or None.
+    """
+    backbone = VGGBackbone(
+        out_features=("fc7",), output_stride=8, pool_kernel_size=3, fc6_kernel_size=3,
+        fc6_dilation=12, fc_channels=1024, weights=weights,
+    )
+    return DeepLabV1(backbone, num_classes)
+
+
+def deeplabv2_resnet101(num_classes: int, weights_backbone: str | None = None, frozen_bn: bool = True) -> DeepLabV2:
+    """DeepLab v2 ResNet-101 with ASPP-L (rates 6, 12, 18, 24), output stride 8 (every res5 block
+    at rate 4), frozen BN.
+
+    Args:
+        num_classes: K including background.
+        weights_backbone: torchvision ``ResNet101_Weights`` member name or None.
+        frozen_bn: freeze the backbone's BatchNorm (the paper; turn off from scratch).
+    """
+    backbone = ResNetBackbone(depth=101, weights=weights_backbone, out_features=("c5",), output_stride=8,
+                              multi_grid=(1, 1, 1), frozen_bn=frozen_bn)
+    return DeepLabV2(backbone, num_classes)
 
 
 def deeplabv3_resnet50(
