@@ -504,28 +504,58 @@ def test_stage_mask_ious_of_the_positive_rois():
 
 
 def test_sweep_files_name_real_arguments_of_the_mask_head():
-    """Every RefineMask sweep applies to an experiment whose mask head is a RefineMaskHead, and
-    every combination of its values builds a head."""
+    """Every RefineMask sweep applies to experiments whose mask head is a RefineMaskHead (the
+    top-level experiment, or each value of an ``experiment`` parameter), and every combination of
+    its values builds a head, with what each experiment sets on the head."""
     import itertools
 
     import yaml
 
     repo = Path(__file__).resolve().parents[2]
     sweeps = sorted((repo / "experiments" / "sweeps").glob("refinemask_*.yaml"))
-    assert len(sweeps) >= 5
+    assert len(sweeps) >= 6
     prefix = "model.init_args.model.init_args.mask_head.init_args."
+    keys = ("model", "init_args", "model", "init_args", "mask_head", "init_args")
+
+    def head_args(experiment: Path) -> dict:
+        """The mask head's init_args set by the experiment's first fragment, then by itself."""
+        config = yaml.safe_load(experiment.read_text())
+        model = yaml.safe_load((experiment.parent / config["fragments"][0]).read_text())
+        assert model["model"]["init_args"]["model"]["init_args"]["mask_head"][
+            "class_path"].endswith("RefineMaskHead"), experiment.name
+        args = {}
+        for source in (model, config):
+            for key in keys:
+                source = source.get(key, {}) if isinstance(source, dict) else {}
+            args.update(source)
+        return args
+
     for path in sweeps:
         sweep = yaml.safe_load(path.read_text())
-        experiment = repo / sweep["experiment"]
-        fragments = yaml.safe_load(experiment.read_text())["fragments"]
-        model = yaml.safe_load((experiment.parent / fragments[0]).read_text())
-        head = model["model"]["init_args"]["model"]["init_args"]["mask_head"]
-        assert head["class_path"].endswith("RefineMaskHead"), path.name
+        parameters = dict(sweep["parameters"])
+        experiments = parameters.pop("experiment", {"values": [sweep.get("experiment")]})["values"]
         names, values = [], []
-        for key, spec in sweep["parameters"].items():
+        for key, spec in parameters.items():
             assert key.startswith(prefix), (path.name, key)
             names.append(key[len(prefix):])
             values.append(spec["values"] if "values" in spec else [spec["value"]])
-        for combo in itertools.product(*values):
-            RefineMaskHead(SHAPES, num_classes=3, conv_dim=64, semantic_channels=32,
-                           **dict(zip(names, combo)))
+        for experiment in experiments:
+            fixed = head_args(repo / experiment)
+            fixed = {k: v for k, v in fixed.items()
+                     if k not in ("in_features", "stage_sizes", "conv_dim", "semantic_channels")}
+            for combo in itertools.product(*values):
+                RefineMaskHead(SHAPES, num_classes=3, conv_dim=64, semantic_channels=32,
+                               **{**fixed, **dict(zip(names, combo))})
+
+
+def test_cpu_budget_experiments_differ_only_in_boundary_aware_refinement():
+    """The BAR-off experiment of the CPU-budget sweep repeats the BAR-on one (fragments cannot
+    nest) and must differ from it only in boundary_loss / boundary_overwrite."""
+    import yaml
+
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    on = yaml.safe_load((experiments / "refinemask_r18_fpn_shapes_cpu.yaml").read_text())
+    off = yaml.safe_load((experiments / "refinemask_r18_fpn_shapes_cpu_no_bar.yaml").read_text())
+    head = off["model"]["init_args"]["model"]["init_args"]["mask_head"]["init_args"]
+    assert (head.pop("boundary_loss"), head.pop("boundary_overwrite")) == (False, False)
+    assert off == on
