@@ -138,6 +138,12 @@ class SegDataModule(L.LightningDataModule):
         max_image_pixels: largest image, in pixels, the readers decode
             (``io.set_max_image_pixels``, PIL's decompression-bomb guard); a larger image is
             a ``DataError`` naming the file (a predict folder leaves it out). None: no limit.
+        repeat_factor_thresh: repeat-factor sampling of the training images (LVIS;
+            ``lightning_seg.data.samplers``): images with categories present in fewer than
+            this fraction of the images are repeated (RefineMask's LVIS config: 1e-3). None:
+            plain shuffling. Needs a dataset that knows its items' categories (COCO / LVIS).
+        repeat_factor_rounding: ``"ceil"`` (mmdetection, RefineMask's official config) or
+            ``"stochastic"`` (detectron2) repeat counts.
     """
 
     def __init__(
@@ -155,6 +161,8 @@ class SegDataModule(L.LightningDataModule):
         predict_images: str | None = None,
         predict_max_size: int | None = 2048,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        repeat_factor_thresh: float | None = None,
+        repeat_factor_rounding: str = "ceil",
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -174,6 +182,10 @@ class SegDataModule(L.LightningDataModule):
         self.predict_images = predict_images
         self.predict_max_size = predict_max_size
         self.max_image_pixels = max_image_pixels
+        if repeat_factor_thresh is not None and repeat_factor_thresh <= 0:
+            raise ValueError(f"repeat_factor_thresh must be > 0 or None, got {repeat_factor_thresh}")
+        self.repeat_factor_thresh = repeat_factor_thresh
+        self.repeat_factor_rounding = repeat_factor_rounding
         self._info: DatasetInfo | None = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
@@ -308,13 +320,15 @@ class SegDataModule(L.LightningDataModule):
     def collate(self) -> Collate:
         return Collate(size_divisibility=self.size_divisibility, ignore_index=self.ignore_index)
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, stage: str) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int, stage: str,
+                sampler=None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup({stage!r}) before {stage}_dataloader()")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate(),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -322,7 +336,23 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, True, self.batch_size, "fit")
+        return self._loader(self.train_dataset, True, self.batch_size, "fit", self.train_sampler())
+
+    def train_sampler(self):
+        """The training sampler: a ``RepeatFactorSampler`` with ``repeat_factor_thresh``, else
+        None (the loader shuffles)."""
+        if self.repeat_factor_thresh is None or self.train_dataset is None:
+            return None
+        from lightning_seg.data.samplers import (
+            RepeatFactorSampler,
+            describe,
+            item_categories,
+            repeat_factors,
+        )
+
+        factors = repeat_factors(item_categories(self.train_dataset), self.repeat_factor_thresh)
+        rank_zero_info(f"{type(self).__name__}: {describe(factors, self.repeat_factor_rounding)}")
+        return RepeatFactorSampler(factors, self.repeat_factor_rounding)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, False, self.val_batch_size, "validate")

@@ -9,6 +9,8 @@ from lightning_seg.models.heads.keypoints import (
 )
 from lightning_seg.models.heads.mask_head import MaskRoIHead
 from lightning_seg.models.heads.panoptic import HeuristicPanopticMerge, UPSNetPanopticHead
+from lightning_seg.models.heads.refine_mask import RefineMaskHead
+from lightning_seg.models.heads.refine_mask_semantic import ForegroundSemanticHead
 from lightning_seg.models.heads.rpn import RPN, RPNHead
 from lightning_seg.models.heads.upsnet_semantic import UPSNetSemanticHead
 from lightning_seg.models.heads.yolact import (
@@ -23,11 +25,13 @@ __all__ = [
     "RPN",
     "AnchorGenerator",
     "BoxRoIHead",
+    "ForegroundSemanticHead",
     "HeuristicPanopticMerge",
     "HourglassHeatmapHead",
     "MaskIoUHead",
     "MaskRoIHead",
     "ProtoNet",
+    "RefineMaskHead",
     "RegressionHead",
     "RPNHead",
     "SimpleBaselineHead",

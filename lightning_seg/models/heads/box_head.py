@@ -101,7 +101,10 @@ class BoxRoIHead(nn.Module):
         positive_fraction: target share of foreground RoIs (0.25).
         add_gt_as_proposals: append the ground-truth boxes to the proposals in training.
         bbox_reg_weights: ``(wx, wy, ww, wh)`` of the box coder (10, 10, 5, 5).
-        box_loss_beta: smooth-L1 transition point (1/9, as torchvision).
+        box_loss_beta: smooth-L1 transition point (1/9, as torchvision); 0 gives the L1 loss
+            (mmdetection's ``L1Loss``, as RefineMask's official configs).
+        loss_cls_weight: multiplier of ``loss_cls`` (1; RefineMask's official configs 2).
+        loss_box_weight: multiplier of ``loss_box`` (1; RefineMask's official configs 2).
         score_thresh: inference: minimum class probability kept (0.05).
         nms_thresh: inference: per-class NMS IoU threshold (0.5).
         detections_per_img: inference: detections kept per image (100).
@@ -124,6 +127,8 @@ class BoxRoIHead(nn.Module):
         add_gt_as_proposals: bool = True,
         bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
         box_loss_beta: float = 1.0 / 9,
+        loss_cls_weight: float = 1.0,
+        loss_box_weight: float = 1.0,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
@@ -151,6 +156,8 @@ class BoxRoIHead(nn.Module):
         self.box_coder = BoxCoder(tuple(bbox_reg_weights))
         self.add_gt_as_proposals = add_gt_as_proposals
         self.box_loss_beta = box_loss_beta
+        self.loss_cls_weight = loss_cls_weight
+        self.loss_box_weight = loss_box_weight
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
@@ -248,8 +255,10 @@ class BoxRoIHead(nn.Module):
         """Softmax cross-entropy over the sampled RoIs and smooth-L1 on the positives.
 
         The box loss is summed over the positives' ground-truth class channel and divided by
-        the number of sampled RoIs (torchvision's ``fastrcnn_loss``). The targets were
-        computed in ``forward`` and travel in ``raw``.
+        the number of sampled RoIs (torchvision's ``fastrcnn_loss``; mmdetection's L1 with
+        ``avg_factor`` = sampled RoIs is the same normalisation). The targets were computed in
+        ``forward`` and travel in ``raw``. Each term is multiplied by its weight
+        (``loss_cls_weight``, ``loss_box_weight``).
 
         Returns:
             ``{"loss_cls": Tensor[], "loss_box": Tensor[]}``.
@@ -270,7 +279,8 @@ class BoxRoIHead(nn.Module):
             beta=self.box_loss_beta,
             reduction="sum",
         ) / labels.numel()
-        return {"loss_cls": loss_cls, "loss_box": loss_box}
+        return {"loss_cls": self.loss_cls_weight * loss_cls,
+                "loss_box": self.loss_box_weight * loss_box}
 
     @torch.no_grad()
     def predict(
