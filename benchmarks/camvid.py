@@ -64,8 +64,9 @@ from torch import Tensor, nn
 
 from lightning_seg.constants import IMAGENET_MEAN, IMAGENET_STD
 
-DEFAULT_ROOT = "/work/shared/data/semantic/camvid"
 REPO = Path(__file__).resolve().parents[1]
+# the sample data beside the checkout (../shared/data), or $LSEG_SHARED_DATA
+DEFAULT_ROOT = str(Path(os.environ.get("LSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "semantic" / "camvid")
 WEIGHTS = "--model.init_args.model.init_args.backbone.init_args.weights"
 
 

@@ -51,8 +51,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-DEFAULT_CAMVID = "/work/shared/data/semantic/camvid"
 REPO = Path(__file__).resolve().parents[1]
+# the sample data beside the checkout (../shared/data), or $LSEG_SHARED_DATA
+DEFAULT_CAMVID = str(Path(os.environ.get("LSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "semantic" / "camvid")
 WEIGHTS = "--model.init_args.model.init_args.backbone.init_args.weights"
 
 
