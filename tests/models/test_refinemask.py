@@ -27,11 +27,10 @@ from lightning_seg.structures import Batch, InstanceTargets, ShapeSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_maskrcnn import (
-    MINI_STEPS,
     _blob_batch,
     batch_of,
     load_coco_mini,
-    mask_ap50,
+    overfit_coco_mini,
     tiny_mask_rcnn,
 )
 
@@ -457,25 +456,7 @@ def test_overfit_coco_mini_mask_ap50(shared_data):
     model = tiny_refinemask(num_classes=info.num_classes, anchor_sizes=(8, 16, 32, 64, 128),
                             head_options={"logits_init_std": 0.001},
                             semantic_options={"logits_init_std": 0.001})
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    history = []
-    for step in range(MINI_STEPS):
-        idx = [(3 * step + j) % len(sizes) for j in range(3)]
-        model.train()
-        losses = model(batch_of(batch[idx], [sizes[i] for i in idx], [targets[i] for i in idx]))
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        opt.step()
-        if (step + 1) % 20 == 0 and step + 1 >= 100:
-            model.eval()
-            with torch.no_grad():
-                ap50 = mask_ap50(model(batch_of(batch, sizes)), targets)
-            history.append((step + 1, round(ap50, 3)))
-            if len(history) >= 2 and min(ap for _, ap in history[-2:]) >= 0.9:
-                break
-    assert len(history) >= 2 and min(ap for _, ap in history[-2:]) >= 0.9, (
-        f"mask AP50 by step: {history}"
-    )
+    overfit_coco_mini(model, batch, sizes, targets)
 
 
 def test_stage_mask_ious_of_the_positive_rois():
