@@ -24,6 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seg.errors import UserError
@@ -99,6 +100,19 @@ class BaseTask(L.LightningModule):
         self.info = info or DatasetInfo([str(i) for i in range(self.num_classes)])
         if self.info.num_classes != self.num_classes:
             raise ValueError(f"info has {self.info.num_classes} classes, num_classes is {self.num_classes}")
+
+    @staticmethod
+    def original_image(batch: Batch, i: int) -> Tensor:
+        """Image ``i`` of the batch as uint8 ``Tensor[3, H, W]`` at its original size on disk (the
+        frame predictions are returned in), for pictures and overlays."""
+        from lightning_seg.visualize import to_uint8_image
+
+        image = to_uint8_image(batch.images[i], batch.image_sizes[i])
+        orig = tuple(int(v) for v in batch.meta[i].orig_size)
+        if tuple(image.shape[1:]) != orig:
+            image = F.interpolate(image[None].float(), size=orig, mode="bilinear",
+                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        return image
 
     def save_task_hyperparameters(self) -> None:
         """Save the caller's ``__init__`` arguments as hyperparameters.

@@ -17,7 +17,7 @@ from lightning_seg.tasks.base import (
     OptimizerCallable,
     default_optimizer,
 )
-from lightning_seg.visualize import draw_instances, hstack, to_numpy, to_uint8_image
+from lightning_seg.visualize import draw_instances, hstack, to_numpy
 
 
 def rescale_targets(targets: InstanceTargets, size: tuple[int, int]) -> InstanceTargets:
@@ -124,7 +124,7 @@ class InstanceSegmentationTask(BaseTask):
         pictures = []
         for i in range(min(max_images, len(batch))):
             pred = outputs[i]
-            image = self._orig_image(batch, i)
+            image = self.original_image(batch, i)
             panels = []
             if batch.instances is not None:
                 gt = rescale_targets(batch.instances[i], pred.image_size)
@@ -142,16 +142,7 @@ class InstanceSegmentationTask(BaseTask):
         if batch.instances is not None:
             layers["ground_truth"] = _label_map(rescale_targets(batch.instances[i], pred.image_size).to("cpu"))
         names = {0: "background"} | {c + 1: n for c, n in enumerate(self.info.class_names)}
-        return self._orig_image(batch, i), layers, names
-
-    @staticmethod
-    def _orig_image(batch: Batch, i: int) -> Tensor:
-        image = to_uint8_image(batch.images[i], batch.image_sizes[i])
-        orig = tuple(batch.meta[i].orig_size)
-        if tuple(image.shape[1:]) != orig:
-            image = F.interpolate(image[None].float(), size=orig, mode="bilinear",
-                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-        return image
+        return self.original_image(batch, i), layers, names
 
     def write_predictions(self, batch: Batch, outputs: list[InstancePredictions], output_dir: Path) -> None:
         """Write ``overlays/<stem>.png`` and collect COCO results records for ``results.json``."""
@@ -162,7 +153,7 @@ class InstanceSegmentationTask(BaseTask):
         results = self._results.setdefault(str(output_dir), [])
         results.extend(predictions_to_coco_results(outputs, image_ids, self.info.category_ids))
         for i, pred in enumerate(outputs):
-            image = self._orig_image(batch, i)
+            image = self.original_image(batch, i)
             picture = draw_instances(image, pred, self.info.class_names, self.info.palette,
                                      score_thresh=self.vis_score_thresh)
             stem = Path(batch.meta[i].file_name).stem

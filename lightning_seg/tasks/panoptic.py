@@ -28,7 +28,6 @@ from lightning_seg.visualize import (
     hstack,
     panoptic_legend,
     to_numpy,
-    to_uint8_image,
     vstack,
 )
 
@@ -130,14 +129,6 @@ class PanopticSegmentationTask(BaseTask):
         self.log(f"{stage}/score", float(result["pq"]))
 
     # ------------------------------------------------------------------ pictures
-    def _orig_image(self, batch: Batch, i: int) -> Tensor:
-        image = to_uint8_image(batch.images[i], batch.image_sizes[i])
-        orig = tuple(int(v) for v in batch.meta[i].orig_size)
-        if tuple(image.shape[1:]) != orig:
-            image = F.interpolate(image[None].float(), size=orig, mode="bilinear",
-                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-        return image
-
     def _draw(self, image: Tensor, seg) -> Tensor:
         return draw_panoptic(image, seg.segment_map, seg.ids, seg.labels, seg.isthing,
                              self.info.palette)
@@ -149,7 +140,7 @@ class PanopticSegmentationTask(BaseTask):
         pictures = []
         for i in range(min(max_images, len(batch))):
             pred = outputs[i].to("cpu")
-            image = self._orig_image(batch, i)
+            image = self.original_image(batch, i)
             panels, labels, isthing = [image], [], []
             if batch.panoptic is not None:
                 gt = target_at(batch.panoptic[i].to("cpu"), batch.image_sizes[i], pred.image_size)
@@ -173,7 +164,7 @@ class PanopticSegmentationTask(BaseTask):
             gt = target_at(batch.panoptic[i].to("cpu"), batch.image_sizes[i], pred.image_size)
             layers["ground_truth"] = self._class_map(gt)
         names = dict(enumerate(self.info.class_names)) | {self.num_classes: "void"}
-        return self._orig_image(batch, i), layers, names
+        return self.original_image(batch, i), layers, names
 
     def _class_map(self, seg) -> Tensor:
         """``Tensor[H, W]`` class per pixel (void and unknown ids: ``num_classes``)."""
@@ -204,7 +195,7 @@ class PanopticSegmentationTask(BaseTask):
             h, w = pred.image_size
             images.append({"id": meta.image_id, "file_name": Path(meta.file_name).name,
                                  "height": int(h), "width": int(w)})
-            overlay = self._draw(self._orig_image(batch, i), pred)
+            overlay = self._draw(self.original_image(batch, i), pred)
             Image.fromarray(to_numpy(overlay)).save(output_dir / "overlays" / f"{stem}.png")
 
     def finish_predictions(self, output_dir: Path) -> None:
