@@ -216,6 +216,18 @@ def test_report_of_run_folders_finds_the_differing_keys(grid_sweep, tmp_path):
     assert len(make_report([str(grid_sweep / "runs")], out=tmp_path, plots=False).records) == 4
 
 
+def test_a_run_without_the_headline_metric_is_named(tmp_path, capsys):
+    from lightning_seg.report import make_report
+
+    run = tmp_path / "run_a"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,train/loss\n0,9,1.5\n")
+    report = make_report([str(run)], out=tmp_path / "out", plots=False)
+    assert len(report.records) == 1  # the row is kept...
+    assert "1 finished run(s) logged no val/score: run_a" in capsys.readouterr().err  # ...and named
+    assert "runs without val/score" in (tmp_path / "out" / "report.html").read_text()
+
+
 # ------------------------------------------------------------------ kill and resume, failures
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_experiment, tmp_path):
     sweep = write_sweep(tmp_path, tiny_experiment, {f"{UNET}.base_channels": {"values": [4, 8]}})

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,13 @@ def make_report(
             facts["runs"] = ", ".join(str(r.run_dir) for r in records)
             default_out = Path("report")
     facts["metric"] = f"{metric.name} ({metric.goal})"
+    # a finished run without a single value of the headline metric (stopped before its first
+    # validation, or a metrics.csv that is not lseg's) still gets its row, but is named here
+    empty = [r.name for r in records if r.status == "finished" and r.best(metric) is None]
+    if empty:
+        facts[f"runs without {metric.name}"] = ", ".join(empty)
+        print(f"[report] warning: {len(empty)} finished run(s) logged no {metric.name}: {', '.join(empty)}",
+              file=sys.stderr, flush=True)
     out = Path(out) if out is not None else default_out
     table = build_table(records, params, metric)
     files = write_tables(table, out)
