@@ -400,6 +400,15 @@ def test_the_check_catches_bad_paths_and_values(tiny_experiment, tmp_path):
     assert "depth=deep" in problems[1] and "int" in problems[1]
 
 
+@pytest.mark.parametrize("flag", ["--parallel", "--count"])
+def test_parallel_and_count_must_be_positive(flag, capsys):
+    from lightning_seg.commands.sweep import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["s.yaml", flag, "0"])
+    assert f"argument {flag}: must be 1 or more, got 0" in capsys.readouterr().err
+
+
 def test_sweep_file_errors_name_the_fix(tmp_path):
     exp = tmp_path / "e.yaml"
     exp.write_text("{}")

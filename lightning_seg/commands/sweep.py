@@ -23,6 +23,13 @@ from pathlib import Path
 from lightning_seg.sweeps.spec import SweepError, load_sweep
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lseg sweep",
@@ -36,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep folder (default: outputs/sweeps/<sweep name> in the repository root)")
     p.add_argument("--backend", choices=("local", "wandb"), default="local",
                    help="local: run the trials here; wandb: create a W&B sweep and print the agent command")
-    p.add_argument("--parallel", type=int, default=1, help="trials at once (local)")
+    p.add_argument("--parallel", type=_positive_int, default=1, help="trials at once (local)")
     p.add_argument("--devices", default=None,
                    help="GPU ids shared out to the parallel trials, e.g. 0,1,2,3 (default: every "
                         "visible GPU; none: CPU); 'cpu' forces CPU")
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--count", type=_positive_int, default=None,
                    help="trial budget (random / bayes need one unless the file has run_cap; caps a grid)")
     p.add_argument("--seed", type=int, default=0, help="seed of random / bayes draws (new folders)")
     p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
