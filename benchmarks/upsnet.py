@@ -32,6 +32,8 @@ Usage::
     python benchmarks/upsnet.py                      # default budget: < 45 min on 2 CPU cores
     python benchmarks/upsnet.py --steps 20 --num-train 16 --num-val 4 --timing-images 2  # smoke
     python benchmarks/upsnet.py --device cuda --steps 3000 --depth 50   # where a GPU is lent
+    python benchmarks/upsnet.py --save outputs/upsnet_bench.pt   # keep the trained network ...
+    python benchmarks/upsnet.py --load outputs/upsnet_bench.pt   # ... and score / time it again
 
 Prints a table, then one JSON object as the last line.
 """
@@ -217,6 +219,10 @@ def main() -> None:
     parser.add_argument("--structural-depth", type=int, default=50, choices=(0, 18, 34, 50, 101),
                         help="also time the three networks untrained at this depth (0: no)")
     parser.add_argument("--timing-repeats", type=int, default=3)
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write the trained network's state dict here (to re-score it with --load)")
+    parser.add_argument("--load", type=Path, default=None,
+                        help="skip training: score and time the network saved by --save")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -239,6 +245,12 @@ def main() -> None:
                               warmup_factor=0.1)
     torch.manual_seed(args.seed)  # the loader's shuffle order, the kept instances
     step, epoch, t_start, history, skipped = 0, 0, time.perf_counter(), [], 0
+    if args.load is not None:
+        saved = torch.load(args.load, map_location=device, weights_only=True)
+        model.load_state_dict(saved["state_dict"])
+        step = args.steps = saved["steps"]
+        epoch = saved["epochs"]
+        print(f"loaded {args.load} (trained {step} steps, {epoch} epochs); training skipped")
     while step < args.steps:
         for batch in dm.train_dataloader():
             if step >= args.steps:
@@ -264,6 +276,10 @@ def main() -> None:
                       + f" elapsed {time.perf_counter() - t_start:.0f}s", flush=True)
         epoch += 1
     train_s = time.perf_counter() - t_start
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "steps": step, "epochs": epoch}, args.save)
+        print(f"saved the trained network to {args.save}")
 
     t_eval = time.perf_counter()
     pq_upsnet = evaluate(model, dm.val_dataloader(), info, device)
