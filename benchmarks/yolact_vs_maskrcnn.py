@@ -221,7 +221,7 @@ def _clock(device: torch.device) -> float:
 def train_for(task, loader, budget_s: float, device: torch.device) -> dict:
     """Train ``task.model`` with its experiment's optimizer and per-step schedule until the
     budget is spent (CPU seconds on a CPU, wall seconds on CUDA); steps done and the last loss.
-    Gradients are clipped at norm 35 (a guard against a blow-up from scratch; rarely active)."""
+    Gradients are clipped at norm 10, as both experiments' ``trainer.gradient_clip_val``."""
     conf = task.configure_optimizers()
     opt, sched = (conf["optimizer"], conf["lr_scheduler"]["scheduler"]) if isinstance(conf, dict) else (conf, None)
     model = task.model.to(device).train()
@@ -234,7 +234,7 @@ def train_for(task, loader, budget_s: float, device: torch.device) -> dict:
             opt.zero_grad()
             if torch.isfinite(total):
                 total.backward()
-                torch.nn.utils.clip_grad_norm_(params, 35.0)
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
                 opt.step()
             else:
                 skipped += 1
