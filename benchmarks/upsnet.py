@@ -11,9 +11,9 @@ cost of one panoptic network against two single-task ones (issue #14).
    panoptic output, against our Mask R-CNN plus our DeepLab v3+ (same ResNet depth, output
    stride 16) run one after the other, as a two-network panoptic system would.
    ``time_ratio_vs_two_models = t(UPSNet) / (t(Mask R-CNN) + t(DeepLab v3+))`` (goal < 1: one
-   backbone instead of two), the Mask R-CNN keeping detections with a score of at least 0.6,
-   the panoptic threshold (both sides then make the same instance work). The Mask R-CNN has
-   the same parts as UPSNet's instance branch and carries its trained weights, so that it makes
+   backbone instead of two), the Mask R-CNN keeping detections with a score of at least 0.6
+   (``--score-thresh``), the panoptic threshold (both sides then make the same instance
+   work). The Mask R-CNN has the same parts as UPSNet's instance branch and carries its trained weights, so that it makes
    as many detections (and pastes as many masks) as a trained detector; DeepLab's cost does not
    depend on its weights. The two networks' side leaves out the merge they would still need:
    ``time_ratio_vs_two_models_merged`` adds it; ``time_ratio_vs_two_models_default_thresh``
@@ -83,6 +83,7 @@ def build_upsnet(args, info) -> nn.Module:
     task, data = build_experiment(
         REPO / "experiments" / "upsnet_r50_fpn_shapes_24e.yaml", *instance_overrides(args),
         f"{NET}.panoptic_head.init_args.stuff_area_limit={args.stuff_area_limit}",
+        f"{NET}.panoptic_head.init_args.score_thresh={args.score_thresh}",
         f"--seed_everything={args.seed}",  # the initial weights
     )
     if data.info.class_names != info.class_names:
@@ -209,6 +210,9 @@ def main() -> None:
     parser.add_argument("--stuff-area-limit", type=int, default=64,
                         help="stuff regions below this (pixels) become void: COCO's 4096 scaled "
                              "to the 128x160 images")
+    parser.add_argument("--score-thresh", type=float, default=0.6,
+                        help="lowest detection score pasted by both heads (official 0.6); with --load, "
+                             "re-scores a saved network at another threshold")
     parser.add_argument("--anchor-sizes", type=float, nargs=5, default=[16, 32, 64, 128, 256])
     parser.add_argument("--rpn-pre-train", type=int, default=1000)
     parser.add_argument("--rpn-post-train", type=int, default=500)
@@ -285,6 +289,7 @@ def main() -> None:
     pq_upsnet = evaluate(model, dm.val_dataloader(), info, device)
     upsnet_head = model.panoptic_head
     model.panoptic_head = HeuristicPanopticMerge(info.thing_classes, info.stuff_classes,
+                                                 score_thresh=args.score_thresh,
                                                  stuff_area_limit=args.stuff_area_limit)
     pq_heuristic = evaluate(model, dm.val_dataloader(), info, device)
     model.panoptic_head = upsnet_head
@@ -312,7 +317,7 @@ def main() -> None:
     for name, r in (("UPSNet head", pq_upsnet), ("heuristic merge", pq_heuristic)):
         print(f"{name:22}" + "".join(f"{100 * r[k]:8.2f}" for k in ("pq", "pq_th", "pq_st", "sq", "rq")))
     print(f"inference per image: UPSNet {1000 * t['upsnet']:.1f} ms; Mask R-CNN "
-          f"{1000 * t['mrcnn']:.1f} (score >= 0.6; {t['detections']:.1f} detections) + DeepLab v3+ "
+          f"{1000 * t['mrcnn']:.1f} (score >= {args.score_thresh}; {t['detections']:.1f} detections) + DeepLab v3+ "
           f"{1000 * t['deeplab']:.1f} = {1000 * two:.1f} ms (+ merge {1000 * t['merge']:.1f} ms); "
           f"Mask R-CNN at its default score 0.05: {1000 * t['mrcnn_default']:.1f} ms")
     if structural is not None:
@@ -346,6 +351,7 @@ def main() -> None:
         "maskrcnn_detections": round(t["detections"], 2),
         "ms_deeplabv3plus": round(1000 * t["deeplab"], 2),
         "ms_merge": round(1000 * t["merge"], 2),
+        "score_thresh": args.score_thresh,
         "steps": args.steps,
         "depth": args.depth,
         "batch_size": args.batch_size,
