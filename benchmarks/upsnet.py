@@ -13,8 +13,9 @@ cost of one panoptic network against two single-task ones (issue #14).
    ``time_ratio_vs_two_models = t(UPSNet) / (t(Mask R-CNN) + t(DeepLab v3+))`` (goal < 1: one
    backbone instead of two), the Mask R-CNN keeping detections with a score of at least 0.6
    (``--score-thresh``), the panoptic threshold (both sides then make the same instance
-   work). The Mask R-CNN has the same parts as UPSNet's instance branch and carries its trained weights, so that it makes
-   as many detections (and pastes as many masks) as a trained detector; DeepLab's cost does not
+   work). The Mask R-CNN has the same parts as UPSNet's instance branch and carries its
+   trained weights, so that it makes as many detections (and pastes as many masks) as a
+   trained detector; DeepLab's cost does not
    depend on its weights. The two networks' side leaves out the merge they would still need:
    ``time_ratio_vs_two_models_merged`` adds it; ``time_ratio_vs_two_models_default_thresh``
    times the Mask R-CNN at its own default score threshold (0.05, up to 100 detections and

@@ -312,7 +312,8 @@ def main() -> None:
                         default=Path(os.environ.get("LSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
                         / "instance" / "coco_mini")
     parser.add_argument("--budget-minutes", type=float, default=10.0,
-                        help="training budget of each model: CPU minutes of this process on a CPU, wall minutes on CUDA")
+                        help="training budget of each model: CPU minutes of this process on a CPU, "
+                             "wall minutes on CUDA")
     parser.add_argument("--num-val", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     parser.add_argument("--pictures", default="outputs/yolact_failure_modes",
