@@ -34,7 +34,7 @@ Measured after training, in one run:
 The heads' widths are a budget knob (``--head-width``, ``--fpn-channels``) applied alike; the
 paper's are 256. Usage::
 
-    python benchmarks/refinemask_vs_maskrcnn.py                 # default: <= 45 min on 2 cores
+    python benchmarks/refinemask_vs_maskrcnn.py                 # default: 1600 steps (BENCHMARKS.md)
     python benchmarks/refinemask_vs_maskrcnn.py --device cuda --steps 12000 --head-width 256 \
         --fpn-channels 256 --depth 50 --height 256 --width 320 --num-train 1024 --batch-size 8
 
@@ -240,7 +240,8 @@ def paper_setting_times(args, device) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=1600,
+                        help="SGD steps of each detector (2400 before a run showed it over 45 min on a CPU)")
     parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50))
     parser.add_argument("--fpn-channels", type=int, default=128)
     parser.add_argument("--head-width", type=int, default=128,
