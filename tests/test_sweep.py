@@ -216,6 +216,37 @@ def test_report_of_run_folders_finds_the_differing_keys(grid_sweep, tmp_path):
     assert len(make_report([str(grid_sweep / "runs")], out=tmp_path, plots=False).records) == 4
 
 
+def test_two_sweeps_are_reported_together(grid_sweep, tmp_path):
+    """A sweep and its extra seeds (another sweep file, which sweeps one more key and fixes
+    another): one table, trials named by sweep, a key the other sweep fixed read from its runs."""
+    import shutil
+
+    from lightning_seg.report import ReportError, make_report
+
+    width = f"{UNET}.base_channels"
+    other = tmp_path / "more"
+    shutil.copytree(grid_sweep, other, ignore=shutil.ignore_patterns("report"))
+    state = state_of(other)
+    state["name"] = "more"
+    state["trials"] = [t for t in state["trials"] if t["params"][width] == 8]
+    for t in state["trials"]:
+        del t["params"][width]  # fixed (at 8) in this sweep: only in its runs' configs
+    (other / "state.json").write_text(json.dumps(state))
+
+    report = make_report([str(grid_sweep), str(other)], out=tmp_path / "out", plots=False)
+    first = state_of(grid_sweep)["name"]
+    assert [r.name for r in report.records] == [f"{first}/t00{i}" for i in range(4)] + [
+        f"more/{t['id']}" for t in state["trials"]]
+    assert report.params == [width, "model.init_args.optimizer.init_args.lr"]
+    assert [r.params[width] for r in report.records[4:]] == [8, 8]
+    assert f"Sweep {first} + more" in (tmp_path / "out" / "report.html").read_text()
+
+    state["metric"] = {"name": "val/loss", "goal": "minimize"}
+    (other / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ReportError, match="report them apart"):
+        make_report([str(grid_sweep), str(other)], out=tmp_path / "out2", plots=False)
+
+
 def test_a_run_without_the_headline_metric_is_named(tmp_path, capsys):
     from lightning_seg.report import make_report
 

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "parameters, best and final validation metrics, parameters, FLOPs, step time "
                     "and latency.",
     )
-    p.add_argument("inputs", nargs="*", help="one sweep folder, or run folders (or folders holding them)")
+    p.add_argument("inputs", nargs="*",
+                   help="sweep folders (several are reported together), or run folders (or folders holding them)")
     p.add_argument("--out", type=Path, default=None, help="output folder")
     p.add_argument("--metric", default=None, help="headline metric (default: the sweep's, else val/score)")
     p.add_argument("--goal", choices=GOALS, default="maximize", help="with --metric: higher or lower is better")

@@ -44,7 +44,8 @@ def make_report(
     """Read runs, write the report.
 
     Args:
-        inputs: one sweep folder, or run folders (or folders holding run folders).
+        inputs: sweep folders (several: reported together, e.g. a sweep and its extra seeds),
+            or run folders (or folders holding run folders).
         out: where to write (default: ``<sweep folder>/report``, else ``./report``).
         metric: the headline metric (default: the sweep's, else ``val/score`` maximised).
         wandb_path: ``entity/project[/sweep_id]`` to read from the W&B API instead.

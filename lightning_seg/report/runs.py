@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,27 +230,24 @@ def read_sweep_dir(folder: Path) -> tuple[Any, list[RunRecord]]:
 def read_inputs(paths: Iterable[str | Path]) -> tuple[Any, list[RunRecord], list[str]]:
     """Runs from sweep folders and run folders.
 
+    Several sweep folders are reported together (e.g. a sweep and its extra seeds) when they
+    share their metric: trials are named ``<sweep>/<trial>``, and a parameter one sweep did not
+    sweep is read from its runs' configs.
+
     Returns:
-        ``(state, records, param_names)``: the sweep state when one sweep folder was given
-        (else None), the records, and the parameter names (the sweep's swept parameters, or
-        the config keys that differ between the run folders).
+        ``(state, records, param_names)``: the sweep state when sweep folders were given (of
+        several, the first, named after all of them), else None; the records; and the parameter
+        names (the swept parameters, or the config keys that differ between the run folders).
     """
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ReportError(f"no such folder: {', '.join(missing)}")
     sweeps = [p for p in paths if (p / "state.json").is_file()]
-    if sweeps and len(paths) > 1:
-        raise ReportError("give one sweep folder, or run folders (not both)")
+    if sweeps and len(sweeps) < len(paths):
+        raise ReportError("give sweep folders, or run folders (not both)")
     if sweeps:
-        from lightning_seg.sweeps.spec import EXPERIMENT_PARAM
-
-        state, records = read_sweep_dir(sweeps[0])
-        names = _swept_names(state, records)
-        for r in records:
-            if EXPERIMENT_PARAM in r.params:
-                r.params[EXPERIMENT_PARAM] = Path(str(r.params[EXPERIMENT_PARAM])).stem
-        return state, records, names
+        return _read_sweeps(sweeps)
     run_dirs = [d for p in paths for d in find_run_dirs(p)]
     if not run_dirs:
         raise ReportError(f"no run folder (with {METRICS_FILE}) in {', '.join(map(str, paths))}")
@@ -260,6 +257,36 @@ def read_inputs(paths: Iterable[str | Path]) -> tuple[Any, list[RunRecord], list
         flat = flatten(r.config) if r.config else {}
         r.params = {n: flat.get(n) for n in names}
     return None, records, names
+
+
+def _read_sweeps(folders: Sequence[Path]) -> tuple[Any, list[RunRecord], list[str]]:
+    from lightning_seg.sweeps.spec import EXPERIMENT_PARAM
+
+    states, records, names = [], [], []
+    for folder in folders:
+        state, trials = read_sweep_dir(folder)
+        if states and state.metric != states[0].metric:
+            raise ReportError(f"{folder} optimises {state.metric}, {folders[0]} {states[0].metric}: "
+                              f"report them apart (or pass --metric and their run folders)")
+        names += [n for n in _swept_names(state, trials) if n not in names]
+        if len(folders) > 1:
+            for r in trials:
+                r.name = f"{state.name}/{r.name}"
+        states.append(state)
+        records += trials
+    for r in records:
+        flat = flatten(r.config) if r.config else {}
+        for n in names:
+            if n not in r.params:  # swept elsewhere, fixed in this run's sweep
+                r.params[n] = flat.get(n)
+        if EXPERIMENT_PARAM in r.params and r.params[EXPERIMENT_PARAM] is not None:
+            r.params[EXPERIMENT_PARAM] = Path(str(r.params[EXPERIMENT_PARAM])).stem
+    state = states[0]
+    if len(states) > 1:
+        state = replace(state, name=" + ".join(s.name for s in states),
+                        sweep_file=", ".join(s.sweep_file for s in states),
+                        trials=[t for s in states for t in s.trials])
+    return state, records, names
 
 
 def _swept_names(state: Any, records: Sequence[RunRecord]) -> list[str]:
