@@ -30,7 +30,7 @@ fit`` trains), with the depth and the CPU budget knobs below as overrides.
 
 Usage::
 
-    python benchmarks/upsnet.py                      # default budget: < 45 min on 2 CPU cores
+    python benchmarks/upsnet.py                      # default: 1000 steps (78 min on one shared thread)
     python benchmarks/upsnet.py --steps 20 --num-train 16 --num-val 4 --timing-images 2  # smoke
     python benchmarks/upsnet.py --device cuda --steps 3000 --depth 50   # where a GPU is lent
     python benchmarks/upsnet.py --save outputs/upsnet_bench.pt   # keep the trained network ...
