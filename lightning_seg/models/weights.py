@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_seg.errors import UserError
 
@@ -67,3 +68,31 @@ def load_checkpoint_file(path: str | os.PathLike, what: str = "weights") -> dict
             f"{what} file {path} ({path.stat().st_size} bytes) is not a readable PyTorch file "
             f"({type(exc).__name__}: {exc}); it may be truncated: download it again"
         ) from exc
+
+
+def load_mapped_weights(model: nn.Module, mapped: Mapping[str, Tensor], strict: bool, what: str
+                        ) -> tuple[list[str], list[str]]:
+    """Load a state dict already renamed to this project's keys (an official / torchvision
+    checkpoint after its key mapping), leaving ``num_batches_tracked`` buffers out of account.
+
+    Args:
+        model: the network to fill.
+        mapped: the renamed state dict.
+        strict: raise when keys are missing or unexpected (else return them).
+        what: the weights' name for the error (``"official YOLACT weights"``).
+
+    Returns:
+        ``(missing, unexpected)`` keys.
+
+    Raises:
+        KeyError: with ``strict``, naming the first keys and their counts.
+    """
+    result = model.load_state_dict(mapped, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if strict and (missing or unexpected):
+        raise KeyError(
+            f"{what} do not fit this model: missing {missing[:8]} ({len(missing)}), "
+            f"unexpected {unexpected[:8]} ({len(unexpected)})"
+        )
+    return missing, unexpected

@@ -34,7 +34,7 @@ from lightning_seg.models.necks.fpn import FPN, fpn_key_map_from_torchvision
 from lightning_seg.models.parts import PartFactory, build_part
 from lightning_seg.models.postprocess.masks import paste_masks_in_image
 from lightning_seg.models.preprocess import ImagePreprocessor, box_scale
-from lightning_seg.models.weights import load_checkpoint_file, torchvision_weights
+from lightning_seg.models.weights import load_checkpoint_file, load_mapped_weights, torchvision_weights
 from lightning_seg.structures import Batch, InstancePredictions
 
 
@@ -406,12 +406,4 @@ def load_torchvision_maskrcnn(
         else:
             state_dict = torchvision_weights("maskrcnn_resnet50_fpn", str(state_dict))
     mapped = map_torchvision_maskrcnn_state_dict(state_dict, keep_classes)
-    result = model.load_state_dict(mapped, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if strict and (missing or unexpected):
-        raise KeyError(
-            f"torchvision Mask R-CNN weights do not fit this model: missing {missing[:8]} "
-            f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
-        )
-    return missing, unexpected
+    return load_mapped_weights(model, mapped, strict, "torchvision Mask R-CNN weights")

@@ -31,7 +31,7 @@ from lightning_seg.models.heads.refine_mask_semantic import ForegroundSemanticHe
 from lightning_seg.models.heads.rpn import RPN
 from lightning_seg.models.necks.fpn import FPN
 from lightning_seg.models.parts import PartFactory
-from lightning_seg.models.weights import load_checkpoint_file
+from lightning_seg.models.weights import load_checkpoint_file, load_mapped_weights
 
 LEVELS = ("p2", "p3", "p4", "p5")
 
@@ -240,12 +240,4 @@ def load_official_refinemask(
         state_dict = load_checkpoint_file(state_dict, "RefineMask weights")
     num_stages = len(model.mask_head.stages) if hasattr(model.mask_head, "stages") else 3
     mapped = map_official_refinemask_state_dict(state_dict, num_stages=num_stages)
-    result = model.load_state_dict(mapped, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if strict and (missing or unexpected):
-        raise KeyError(
-            f"official RefineMask weights do not fit this model: missing {missing[:8]} "
-            f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
-        )
-    return missing, unexpected
+    return load_mapped_weights(model, mapped, strict, "official RefineMask weights")

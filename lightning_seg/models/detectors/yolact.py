@@ -58,7 +58,7 @@ from lightning_seg.models.postprocess.yolact import (
     masks_to_frame,
 )
 from lightning_seg.models.preprocess import ImagePreprocessor
-from lightning_seg.models.weights import load_checkpoint_file
+from lightning_seg.models.weights import load_checkpoint_file, load_mapped_weights
 from lightning_seg.structures import Batch, InstancePredictions
 
 log = logging.getLogger("lightning_seg.models")
@@ -433,12 +433,4 @@ def load_official_yolact(
             f"{wrong[0]} {tuple(mapped[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}; build "
             f"the model of the checkpoint (depth, plus, num_classes / keep_classes, num_prototypes)"
         )
-    result = model.load_state_dict(mapped, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if strict and (missing or unexpected):
-        raise KeyError(
-            f"official YOLACT weights do not fit this model: missing {missing[:8]} "
-            f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})"
-        )
-    return missing, unexpected
+    return load_mapped_weights(model, mapped, strict, "official YOLACT weights")
