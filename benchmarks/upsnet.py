@@ -251,8 +251,12 @@ def main() -> None:
     torch.manual_seed(args.seed)  # the loader's shuffle order, the kept instances
     step, epoch, t_start, history, skipped = 0, 0, time.perf_counter(), [], 0
     if args.load is not None:
-        saved = torch.load(args.load, map_location=device, weights_only=True)
-        model.load_state_dict(saved["state_dict"])
+        from lightning_seg.models.weights import load_checkpoint_file
+
+        saved = load_checkpoint_file(args.load, "--load")  # names the file when missing / unreadable
+        if not {"state_dict", "steps", "epochs"} <= saved.keys():
+            raise SystemExit(f"--load {args.load}: not a file written by --save (keys {sorted(saved)[:5]})")
+        model.load_state_dict(saved["state_dict"])  # a different --depth / widths: torch names the keys
         step = args.steps = saved["steps"]
         epoch = saved["epochs"]
         print(f"loaded {args.load} (trained {step} steps, {epoch} epochs); training skipped")
@@ -353,6 +357,7 @@ def main() -> None:
         "ms_deeplabv3plus": round(1000 * t["deeplab"], 2),
         "ms_merge": round(1000 * t["merge"], 2),
         "score_thresh": args.score_thresh,
+        "loaded_from": None if args.load is None else str(args.load),  # then train_s is not a training time
         "steps": args.steps,
         "depth": args.depth,
         "batch_size": args.batch_size,
