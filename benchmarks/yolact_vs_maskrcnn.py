@@ -320,6 +320,8 @@ def main() -> None:
                         help="folder for the failure-mode pictures of the trained YOLACT")
     parser.add_argument("--_time-one", dest="time_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.budget_minutes <= 0 or args.num_val < 1 or args.repeats < 1:
+        parser.error("--budget-minutes must be > 0, --num-val and --repeats >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.coco_mini is not None and not args.coco_mini.is_dir():
