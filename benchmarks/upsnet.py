@@ -42,6 +42,7 @@ Prints a table, then one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -121,7 +122,7 @@ def evaluate(model, loader, info, device) -> tuple[dict[str, float], list[Panopt
         for pred, target in zip(model(batch), batch.panoptic):
             per_image.append(panoptic_counts(pred.to("cpu"), target.to("cpu"), info.num_classes))
     r = pq_from_counts(sum(per_image[1:], per_image[0]), info.thing_classes, info.stuff_classes)
-    return {k: float(r[k]) for k in ("pq", "pq_th", "pq_st", "sq", "rq")}, per_image
+    return {k: float(r[k]) for k in ("pq", "pq_th", "pq_st", "sq", "rq", "sq_th", "rq_th")}, per_image
 
 
 def bootstrap_pq_gain(a: list[PanopticCounts], b: list[PanopticCounts], info, samples: int,
@@ -245,6 +246,9 @@ def main() -> None:
     parser.add_argument("--structural-depth", type=int, default=50, choices=(0, 18, 34, 50, 101),
                         help="also time the three networks untrained at this depth (0: no)")
     parser.add_argument("--timing-repeats", type=int, default=3)
+    parser.add_argument("--fusion-ablation", action="store_true",
+                        help="also re-score the trained network with the panoptic head changed at test: "
+                             "without the unknown channel, and with the mask logits weighted 2")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="resamples of the validation images for the gain's 95%% interval")
     parser.add_argument("--save", type=Path, default=None,
@@ -322,6 +326,19 @@ def main() -> None:
     pq_heuristic, counts_heuristic = evaluate(model, dm.val_dataloader(), info, device)
     model.panoptic_head = upsnet_head
     gain_ci = bootstrap_pq_gain(counts_upsnet, counts_heuristic, info, args.bootstrap, args.seed)
+    ablation = {}
+    if args.fusion_ablation:
+        # the trained network re-scored with its panoptic head changed at test only (the head
+        # has no parameters, so a changed copy is the same head otherwise)
+        for name, change in (("no_unknown_at_test", {"box_keep_fraction": 1.0}),
+                             ("mask_logit_weight_2", {"mask_logit_weight": 2.0})):
+            model.panoptic_head = copy.copy(upsnet_head)
+            vars(model.panoptic_head).update(change)
+            r, counts = evaluate(model, dm.val_dataloader(), info, device)
+            lo, hi = bootstrap_pq_gain(counts, counts_heuristic, info, args.bootstrap, args.seed)
+            ablation[name] = {**r, "pq_gain_vs_heuristic": r["pq"] - pq_heuristic["pq"],
+                              "pq_gain_ci95_images": [lo, hi]}
+        model.panoptic_head = upsnet_head
     eval_s = time.perf_counter() - t_eval
 
     mrcnn, deeplab = build_peers(args, info, model)
@@ -342,9 +359,12 @@ def main() -> None:
                                     args.timing_repeats)
         del upsnet_d, mrcnn_d, deeplab_d
 
-    print(f"{'':22}{'PQ':>8}{'PQ_th':>8}{'PQ_st':>8}{'SQ':>8}{'RQ':>8}")
-    for name, r in (("UPSNet head", pq_upsnet), ("heuristic merge", pq_heuristic)):
-        print(f"{name:22}" + "".join(f"{100 * r[k]:8.2f}" for k in ("pq", "pq_th", "pq_st", "sq", "rq")))
+    columns = ("pq", "pq_th", "pq_st", "sq", "rq", "sq_th", "rq_th")
+    print(f"{'':26}" + "".join(f"{k.upper().replace('_TH', '_th').replace('_ST', '_st'):>8}" for k in columns))
+    rows = {"UPSNet head": pq_upsnet, "heuristic merge": pq_heuristic,
+            **{f"UPSNet, {name}": r for name, r in ablation.items()}}
+    for name, r in rows.items():
+        print(f"{name:26}" + "".join(f"{100 * r[k]:8.2f}" for k in columns))
     print(f"inference per image: UPSNet {1000 * t['upsnet']:.1f} ms; Mask R-CNN "
           f"{1000 * t['mrcnn']:.1f} (score >= {args.score_thresh}; {t['detections']:.1f} detections) + DeepLab v3+ "
           f"{1000 * t['deeplab']:.1f} = {1000 * two:.1f} ms (+ merge {1000 * t['merge']:.1f} ms); "
@@ -357,6 +377,9 @@ def main() -> None:
     gain = pq_upsnet["pq"] - pq_heuristic["pq"]
     print(f"pq_gain_vs_heuristic {100 * gain:+.2f} PQ; 95% interval over the {args.num_val} validation "
           f"images (paired bootstrap, one trained network): {100 * gain_ci[0]:+.2f} .. {100 * gain_ci[1]:+.2f}")
+    for name, r in ablation.items():
+        lo, hi = r["pq_gain_ci95_images"]
+        print(f"  {name}: {100 * r['pq_gain_vs_heuristic']:+.2f} PQ ({100 * lo:+.2f} .. {100 * hi:+.2f})")
     ratio = t["upsnet"] / two
     print(f"depth {args.depth}, {args.steps} steps x batch {args.batch_size} ({epoch} epochs of "
           f"{args.num_train} images), train {train_s:.0f}s, eval {eval_s:.0f}s, skipped {skipped}; "
@@ -374,9 +397,13 @@ def main() -> None:
         "pq_upsnet": round(pq_upsnet["pq"], 4),
         "pq_th_upsnet": round(pq_upsnet["pq_th"], 4),
         "pq_st_upsnet": round(pq_upsnet["pq_st"], 4),
+        "sq_th_upsnet": round(pq_upsnet["sq_th"], 4),
         "pq_heuristic": round(pq_heuristic["pq"], 4),
         "pq_th_heuristic": round(pq_heuristic["pq_th"], 4),
         "pq_st_heuristic": round(pq_heuristic["pq_st"], 4),
+        "sq_th_heuristic": round(pq_heuristic["sq_th"], 4),
+        "fusion_ablation": {name: {k: [round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)
+                                   for k, v in r.items()} for name, r in ablation.items()},
         "ms_upsnet": round(1000 * t["upsnet"], 2),
         "ms_maskrcnn": round(1000 * t["mrcnn"], 2),
         "ms_maskrcnn_default_thresh": round(1000 * t["mrcnn_default"], 2),

@@ -105,6 +105,26 @@ def test_panoptic_logits_unknown_and_final_map_by_hand():
     assert pred.scores.tolist() == pytest.approx([0.9, 0.8, 1.0])
 
 
+def test_mask_logit_weight_scales_only_the_mask_term():
+    # w = 2: A = 1.5 + 2 (f(r) + f(c)) and B = 2.0 - 2 in their boxes; stuff and unknown as
+    # with w = 1 (the unknown channel uses the semantic terms only)
+    sem, boxes, labels, masks = _scene()
+    extents = box_extents(boxes)
+    pasted = paste_mask_logits(masks, extents, (H, W))
+    plain = upsnet_panoptic_logits(sem, extents, labels, pasted, STUFF, THINGS)
+    weighted = upsnet_panoptic_logits(sem, extents, labels, pasted, STUFF, THINGS,
+                                      mask_logit_weight=2.0)
+    f = torch.tensor([0.0, 1.0, 3.0, 4.0])
+    a = torch.zeros(H, W)
+    a[:, :4] = 1.5 + 2 * (f[:, None] + f[None, :])
+    b = torch.zeros(H, W)  # 2.0 - 2 * 1 = 0 in B's box, 0 outside
+    torch.testing.assert_close(weighted[1], a)
+    torch.testing.assert_close(weighted[2], b)
+    torch.testing.assert_close(weighted[[0, 3]], plain[[0, 3]])
+    with pytest.raises(ValueError, match="mask_logit_weight"):
+        UPSNetPanopticHead(THINGS, STUFF, mask_logit_weight=0.0)
+
+
 def test_unknown_is_optional_and_empty_instances_use_the_constant():
     sem, *_ = _scene()
     none = torch.zeros(0, 4, dtype=torch.int64)

@@ -77,6 +77,10 @@ class UPSNetPanopticHead(nn.Module):
             become void (4096 COCO, 2048 Cityscapes).
         majority_thresh: test: an instance whose pixels are at least this share one stuff class
             of the semantic map (its majority) becomes that stuff (0.5).
+        mask_logit_weight: weight of the pasted mask logits in an instance's logits, against
+            its semantic channel (``Y_i + w X_i``), in training and at test. 1 is UPSNet (the
+            paper and the official code have no such weight); an ablation knob, see
+            BENCHMARKS.md (UPSNet).
 
     The training loss averages, per image, the pixel losses over every pixel of the image at
     the head's stride (void pixels count 0, as the official ``.mean()``), then over the images.
@@ -100,11 +104,15 @@ class UPSNetPanopticHead(nn.Module):
         mask_overlap_thresh: float = 0.3,
         stuff_area_limit: int = 4096,
         majority_thresh: float = 0.5,
+        mask_logit_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.thing_classes, self.stuff_classes = thing_stuff_split(thing_classes, stuff_classes,
                                                         type(self).__name__)
         self.num_classes = max(self.thing_classes + self.stuff_classes) + 1
+        if mask_logit_weight <= 0:
+            raise ValueError(f"mask_logit_weight must be > 0, got {mask_logit_weight}")
+        self.mask_logit_weight = mask_logit_weight
         self.ignore_index = 255 if ignore_index is None else int(ignore_index)
         if not 0 < box_keep_fraction <= 1:
             raise ValueError(f"box_keep_fraction must be in (0, 1], got {box_keep_fraction}")
@@ -124,8 +132,9 @@ class UPSNetPanopticHead(nn.Module):
         return self.box_keep_fraction < 1
 
     def extra_repr(self) -> str:
+        extra = "" if self.mask_logit_weight == 1 else f", mask_logit_weight={self.mask_logit_weight}"
         return (f"things={len(self.thing_classes)}, stuff={len(self.stuff_classes)}, "
-                f"box_keep_fraction={self.box_keep_fraction}, unknown={self.with_unknown}")
+                f"box_keep_fraction={self.box_keep_fraction}, unknown={self.with_unknown}{extra}")
 
     # ------------------------------------------------------------------ training
     def sample_instances(self, num: int, device: torch.device | str | None = None) -> Tensor:
@@ -179,7 +188,7 @@ class UPSNetPanopticHead(nn.Module):
             pasted = paste_mask_logits(mask_logits[i].float(), extents, (hs, ws))
             logits = upsnet_panoptic_logits(
                 logits_i, extents, labels[i], pasted, self.stuff_classes, self.thing_classes,
-                self.with_unknown, self.empty_instance_logit,
+                self.with_unknown, self.empty_instance_logit, self.mask_logit_weight,
             )[:, :hi, :wi]  # [S + N (+ 1), hi, wi]
             m = masks[i]
             if m.shape[0]:
@@ -226,6 +235,7 @@ class UPSNetPanopticHead(nn.Module):
         logits = upsnet_panoptic_logits(
             semantic_logits.float(), extents[keep], labels, pasted[keep], self.stuff_classes,
             self.thing_classes, self.with_unknown, empty_instance_logit=0.0,
+            mask_logit_weight=self.mask_logit_weight,
         )  # [S + N' (+ 1), h, w]
         index_map = resize_labels(logits.argmax(0), orig_size)
         semantic_map = resize_labels(semantic_logits.argmax(0), orig_size)

@@ -111,12 +111,14 @@ def upsnet_panoptic_logits(
     thing_classes: Sequence[int],
     with_unknown: bool = True,
     empty_instance_logit: float = -10.0,
+    mask_logit_weight: float = 1.0,
 ) -> Tensor:
     """UPSNet's panoptic logits of one image (no parameters).
 
     * stuff: the semantic logits of the stuff classes;
-    * instance ``i`` of class ``c``: ``Y_i + X_i``, with ``Y_i`` the semantic channel ``c``
-      inside the box (0 outside) and ``X_i`` the pasted mask logits (0 outside);
+    * instance ``i`` of class ``c``: ``Y_i + w X_i``, with ``Y_i`` the semantic channel ``c``
+      inside the box (0 outside), ``X_i`` the pasted mask logits (0 outside) and ``w`` =
+      ``mask_logit_weight`` (1 in the paper and the official code);
     * unknown: ``max`` of the thing classes' semantic logits ``- max_i Y_i`` (the maximum runs
       over full channels, so it includes the zeros outside the boxes, as the official code);
       with no instance the official code uses a constant ``empty_instance_logit`` for
@@ -131,6 +133,8 @@ def upsnet_panoptic_logits(
         thing_classes: the thing class indices.
         with_unknown: add the unknown channel.
         empty_instance_logit: ``max_i Y_i`` when ``N = 0``.
+        mask_logit_weight: ``w``, the mask logits' weight against the semantic channel (an
+            ablation knob; 1 = UPSNet).
 
     Returns:
         ``Tensor[S + N (+ 1), H, W]``.
@@ -140,7 +144,7 @@ def upsnet_panoptic_logits(
     stuff = semantic[torch.as_tensor(list(stuff_classes), dtype=torch.int64, device=device)]
     inside = box_masks(extents, size)  # [N, H, W]
     y = torch.where(inside, semantic[labels], semantic.new_zeros(()))  # [N, H, W]
-    channels = [stuff, y + pasted_mask_logits.to(y.dtype)]
+    channels = [stuff, y + mask_logit_weight * pasted_mask_logits.to(y.dtype)]
     if with_unknown:
         things = torch.as_tensor(list(thing_classes), dtype=torch.int64, device=device)
         thing_max = semantic[things].amax(0)  # [H, W]
