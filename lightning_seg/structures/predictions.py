@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_seg.ops.labels import argmax_labels
 from lightning_seg.structures.base import TensorStruct, per_image
 
 
@@ -104,7 +105,7 @@ class SemanticPredictions(TensorStruct):
 
     def labels(self) -> Tensor:
         """``Tensor[B, H, W]`` int64 arg-max class per pixel (padding included)."""
-        return self.logits.argmax(1)
+        return argmax_labels(self.logits, 1)
 
     def original(self, i: int, max_bytes: int = 1 << 29) -> Tensor:
         """``Tensor[H_i, W_i]`` int64 label map of image ``i`` at its original size: the valid
@@ -115,12 +116,12 @@ class SemanticPredictions(TensorStruct):
         size = tuple(int(v) for v in self.orig_sizes[i])
         logits = self.logits[i : i + 1, :, :h, :w]
         if size == (h, w):
-            return logits.argmax(1)[0]
+            return argmax_labels(logits, 1)[0]
         if logits.shape[1] * size[0] * size[1] * 4 > max_bytes:
-            labels = logits.argmax(1, keepdim=True).float()
+            labels = argmax_labels(logits, 1)[:, None].float()
             return F.interpolate(labels, size=size, mode="nearest")[0, 0].long()
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        return logits.argmax(1)[0]
+        return argmax_labels(logits, 1)[0]
 
 
 @dataclass

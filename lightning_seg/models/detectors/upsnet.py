@@ -39,6 +39,7 @@ from lightning_seg.models.postprocess.panoptic import (
     upsample_semantic_logits,
 )
 from lightning_seg.models.preprocess import ImagePreprocessor
+from lightning_seg.ops.labels import argmax_labels
 from lightning_seg.structures import Batch, InstanceTargets, PanopticPredictions
 
 
@@ -244,7 +245,7 @@ class UPSNet(MaskRCNN):
         instances = self.postprocess(detections, self.mask_head.predict(mask_raw), orig_sizes)
         for i, inst in enumerate(instances):
             logits = upsample_semantic_logits(semantic.logits[i], image_sizes[i], semantic.stride)
-            semantic_map = resize_labels(logits.argmax(0), orig_sizes[i])
+            semantic_map = resize_labels(argmax_labels(logits, 0), orig_sizes[i])
             results.append(head.predict(semantic_map,
                                         replace(inst, labels=self.thing_ids[inst.labels])))
         return results

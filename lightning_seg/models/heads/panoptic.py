@@ -28,6 +28,7 @@ from lightning_seg.models.postprocess.panoptic import (
     upsnet_panoptic_logits,
     upsnet_panoptic_targets,
 )
+from lightning_seg.ops.labels import argmax_labels
 from lightning_seg.structures import InstancePredictions, PanopticPredictions
 from lightning_seg.structures.dataset_info import require_fact
 
@@ -237,8 +238,8 @@ class UPSNetPanopticHead(nn.Module):
             self.thing_classes, self.with_unknown, empty_instance_logit=0.0,
             mask_logit_weight=self.mask_logit_weight,
         )  # [S + N' (+ 1), h, w]
-        index_map = resize_labels(logits.argmax(0), orig_size)
-        semantic_map = resize_labels(semantic_logits.argmax(0), orig_size)
+        index_map = resize_labels(argmax_labels(logits, 0), orig_size)
+        semantic_map = resize_labels(argmax_labels(semantic_logits, 0), orig_size)
         return unified_panoptic_result(
             index_map, semantic_map, labels, scores, self.stuff_classes, self.num_classes,
             self.stuff_area_limit, self.majority_thresh,
