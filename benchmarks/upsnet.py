@@ -61,6 +61,7 @@ from lightning_seg.structures import Batch
 
 REPO = Path(__file__).resolve().parents[1]
 NET = "--model.init_args.model.init_args"
+CLIP_NORM = 10.0  # gradient norm clipping of the training loop
 
 
 def instance_overrides(args) -> list[str]:
@@ -214,7 +215,8 @@ def time_inference(upsnet, mrcnn, deeplab, loader, info, device, num_images, rep
     return out
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The benchmark's options (their defaults are also experiments/upsnet_r18_fpn_shapes_cpu.yaml)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50, 101))
@@ -255,7 +257,11 @@ def main() -> None:
                         help="write the trained network's state dict here (to re-score it with --load)")
     parser.add_argument("--load", type=Path, default=None,
                         help="skip training: score and time the network saved by --save")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -297,7 +303,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
                 loss.backward()
-                nn.utils.clip_grad_norm_(params, 10.0)
+                nn.utils.clip_grad_norm_(params, CLIP_NORM)
                 opt.step()
             else:
                 skipped += 1

@@ -33,9 +33,42 @@ def _runs(path: Path) -> list[tuple[str, object]]:
     return [(name, value) for name, spec in sweep["parameters"].items() for value in spec["values"]]
 
 
-def test_the_three_ablations_exist():
-    assert [p.stem for p in SWEEPS] == ["upsnet_deformable", "upsnet_panoptic_head",
-                                        "upsnet_unknown_class"]
+def test_the_three_ablations_exist_with_their_cpu_budget_twins():
+    names = ["upsnet_deformable", "upsnet_panoptic_head", "upsnet_unknown_class"]
+    assert [p.stem for p in SWEEPS] == sorted(names + [f"{n}_shapes_cpu" for n in names])
+
+
+def test_the_cpu_experiment_is_the_benchmarks_network_and_schedule(monkeypatch):
+    """upsnet_r18_fpn_shapes_cpu.yaml trains what benchmarks/upsnet.py trains (same parameters,
+    optimizer, schedule, clipping and data), so its sweeps and the benchmark's rows compare."""
+    import importlib.util
+
+    from lightning_seg.cli import build_experiment
+
+    monkeypatch.chdir(REPO)
+    spec = importlib.util.spec_from_file_location("bench_upsnet", REPO / "benchmarks" / "upsnet.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.make_parser().parse_args([])
+    task, data = build_experiment(REPO / "experiments" / "upsnet_r18_fpn_shapes_cpu.yaml")
+    bench_net = bench.build_upsnet(args, data.info)
+    ours = {k: tuple(v.shape) for k, v in task.model.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in bench_net.state_dict().items()}
+    for part in ("rpn", "box_head", "panoptic_head"):
+        assert repr(getattr(task.model, part)) == repr(getattr(bench_net, part)), part
+    assert (task.model.rpn.pre_nms_top_n_train, task.model.rpn.post_nms_top_n_test) == (
+        args.rpn_pre_train, args.rpn_post_test)
+    assert task.model.panoptic_head.stuff_area_limit == args.stuff_area_limit
+    opt = task.hparams.optimizer["init_args"]
+    assert (opt["lr"], opt["momentum"], opt["weight_decay"]) == (args.lr, 0.9, 1e-4)
+    sched = task.hparams.scheduler["init_args"]
+    steps = 8 * args.num_train // args.batch_size  # 8 whole epochs: 1024 steps for the benchmark's 1000
+    assert sched["milestones"] == [int(steps * 0.75)] and sched["warmup_iters"] == args.warmup
+    assert sched["warmup_factor"] == 0.1
+    assert (data.num_train, data.num_val, data.batch_size) == (args.num_train, args.num_val, args.batch_size)
+    trainer = yaml.safe_load((REPO / "experiments" / "upsnet_r18_fpn_shapes_cpu.yaml").read_text())["trainer"]
+    assert trainer["gradient_clip_val"] == bench.CLIP_NORM
+    assert trainer["max_epochs"] * args.num_train // args.batch_size == steps
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
