@@ -7,6 +7,11 @@ cost of one panoptic network against two single-task ones (issue #14).
    panoptic head (the official inference) and with the heuristic merge (Panoptic FPN style:
    its ordinary detections pasted by score, the rest filled from the semantic arg-max).
    ``pq_gain_vs_heuristic = PQ(UPSNet head) - PQ(heuristic merge)``; the paper reports > 0.
+   ``pq_gain_ci95_images``: its 95% interval over the validation images (paired bootstrap of
+   the per-image matching counts, the same trained network): how much gain the choice of
+   images alone makes; the spread over training seeds takes runs with other ``--seed``.
+   ``--fusion-ablation`` re-scores the network with the head changed at test only: without
+   its unknown channel, and with the mask logits weighted 2 against the semantic channel.
 2. **Cost**: per-image inference time (batch 1, interleaved, medians) of UPSNet producing its
    panoptic output, against our Mask R-CNN plus our DeepLab v3+ (same ResNet depth, output
    stride 16) run one after the other, as a two-network panoptic system would.
@@ -26,15 +31,18 @@ cost of one panoptic network against two single-task ones (issue #14).
 
 The networks are those of ``experiments/upsnet_r50_fpn_shapes_24e.yaml``,
 ``mask_rcnn_r50_fpn_shapes_24e.yaml`` and ``deeplabv3plus_r50_shapes_30e.yaml`` (what ``lseg
-fit`` trains), with the depth and the CPU budget knobs below as overrides.
+fit`` trains), with the depth and the CPU budget knobs below as overrides; at the defaults the
+UPSNet and its training are ``experiments/upsnet_r18_fpn_shapes_cpu.yaml`` (8 whole epochs there,
+1024 steps).
 
 Usage::
 
-    python benchmarks/upsnet.py                      # default: 1000 steps (78 min on one shared thread)
+    python benchmarks/upsnet.py                      # default: 1000 steps (41 min on two idle cores)
     python benchmarks/upsnet.py --steps 20 --num-train 16 --num-val 4 --timing-images 2  # smoke
     python benchmarks/upsnet.py --device cuda --steps 3000 --depth 50   # where a GPU is lent
     python benchmarks/upsnet.py --save outputs/upsnet_bench.pt   # keep the trained network ...
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt   # ... and score / time it again
+    python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --fusion-ablation   # + test-time head variants
 
 Prints a table, then one JSON object as the last line.
 """
