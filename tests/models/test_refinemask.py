@@ -516,6 +516,8 @@ def test_sweep_files_name_real_arguments_of_the_mask_head():
         parameters = dict(sweep["parameters"])
         experiments = parameters.pop("experiment", {"values": [sweep.get("experiment")]})["values"]
         names, values = [], []
+        seeds = parameters.pop("seed_everything", {"values": [0]})["values"]  # extra-seed sweeps
+        assert all(isinstance(seed, int) for seed in seeds), path.name
         for key, spec in parameters.items():
             assert key.startswith(prefix), (path.name, key)
             names.append(key[len(prefix):])
