@@ -269,7 +269,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = make_parser().parse_args()
+    parser = make_parser()
+    args = parser.parse_args()
+    if args.bootstrap < 1:
+        parser.error(f"--bootstrap must be at least 1, got {args.bootstrap}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
