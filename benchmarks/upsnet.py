@@ -149,8 +149,8 @@ def bootstrap_pq_gain(a: list[PanopticCounts], b: list[PanopticCounts], info, sa
                                    info.thing_classes, info.stuff_classes)["pq"])
               for s in stacked]
         gains.append(pq[0] - pq[1])
-    gains.sort()
-    return gains[int(0.025 * (samples - 1))], gains[int(round(0.975 * (samples - 1)))]
+    lo, hi = torch.tensor(gains, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(lo), float(hi)
 
 
 def _sync(device) -> None:
@@ -271,8 +271,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main() -> None:
     parser = make_parser()
     args = parser.parse_args()
-    if args.bootstrap < 1:
-        parser.error(f"--bootstrap must be at least 1, got {args.bootstrap}")
+    for name in ("bootstrap", "num_train", "num_val", "batch_size", "timing_images", "timing_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 

@@ -127,3 +127,27 @@ def test_loss_weights_and_inference_rules_per_dataset(name: str, monkeypatch):
     assert (pan.box_keep_fraction, pan.with_unknown) == (0.7, True)
     assert (pan.score_thresh, pan.nms_thresh, pan.detections_per_img) == (0.6, 0.5, 100)
     assert (pan.mask_overlap_thresh, pan.majority_thresh) == (0.3, 0.5)
+
+
+def test_benchmark_bootstrap_interval_of_the_gain():
+    """The paired bootstrap of benchmarks/upsnet.py: no gain between equal predictions; against
+    predictions that miss every other image (PQ 1 vs 3 / (3 + 3/2 + 3/2) = 0.5) an interval
+    around the gain 0.5 that resampling the images widens."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    from lightning_seg.metrics._exact_sum import to_fixed
+    from lightning_seg.metrics.panoptic import PanopticCounts
+
+    spec = importlib.util.spec_from_file_location("bench_upsnet", REPO / "benchmarks" / "upsnet.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    info = SimpleNamespace(thing_classes=[0], stuff_classes=[1])
+    one, zero = torch.tensor([1, 0]), torch.zeros(2, dtype=torch.int64)
+    matched = PanopticCounts(to_fixed(one.double()), one, zero, zero)  # IoU 1
+    missed = PanopticCounts(zero, zero, one, one)
+    assert bench.bootstrap_pq_gain([matched] * 6, [matched] * 6, info, 50, 0) == (0.0, 0.0)
+    lo, hi = bench.bootstrap_pq_gain([matched] * 6, [matched, missed] * 3, info, 200, 0)
+    assert 0 < lo < 0.5 < hi <= 1

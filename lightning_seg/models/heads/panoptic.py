@@ -80,8 +80,8 @@ class UPSNetPanopticHead(nn.Module):
             of the semantic map (its majority) becomes that stuff (0.5).
         mask_logit_weight: weight of the pasted mask logits in an instance's logits, against
             its semantic channel (``Y_i + w X_i``), in training and at test. 1 is UPSNet (the
-            paper and the official code have no such weight); an ablation knob, see
-            BENCHMARKS.md (UPSNet).
+            paper and the official code have no such weight); an ablation knob whose effect
+            was measured at test only, on trained networks (BENCHMARKS.md, UPSNet).
 
     The training loss averages, per image, the pixel losses over every pixel of the image at
     the head's stride (void pixels count 0, as the official ``.mean()``), then over the images.
