@@ -7,11 +7,13 @@ Dai et al., "Deformable Convolutional Networks", ICCV 2017 (DCNv1: learned offse
 as both papers do, so the layer starts as an ordinary convolution (DCNv1) or as one whose
 samples are all weighted sigmoid(0) = 0.5 (DCNv2, as the official DCN).
 
-On CPU the layer computes the same function with ``deform_conv2d_sampled``: one bilinear
-``grid_sample`` of every kernel point followed by a matrix product (im2col with learned
-positions), about 5x faster forward and 15x faster forward + backward than torchvision's CPU
-kernel on UPSNet's semantic head; on CUDA, and when traced for export, it calls torchvision's
-kernel.
+On CPU the layer computes the same function with ``deform_conv2d_sampled``: every bilinear
+sample of every kernel point gathered from a channels-last copy of the input by one weighted
+``F.embedding_bag``, then one matrix product (im2col with learned positions). On UPSNet's
+semantic head at P2 (128 channels, 32 x 40, two threads) that is about 5x faster forward and 11x
+faster forward + backward than torchvision's CPU kernel, and 1.4x faster forward than the
+``grid_sample`` + matmul form this module used before (training steps equal). On CUDA, and when
+traced for export, it calls torchvision's kernel.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ def deform_conv2d_sampled(
     dilation: tuple[int, int] = (1, 1),
     mask: Tensor | None = None,
 ) -> Tensor:
-    """``torchvision.ops.deform_conv2d`` (same arguments and layouts) as ``grid_sample`` + matmul.
+    """``torchvision.ops.deform_conv2d`` (same arguments and layouts) as a weighted gather + matmul.
 
     Kernel point ``k = (ki, kj)`` of output pixel ``(i, j)`` reads the input bilinearly at
-    ``(i * s_h - p_h + ki * d_h + dy, j * s_w - p_w + kj * d_w + dx)``, zero outside the image
-    (``grid_sample`` with zero padding and ``align_corners=False`` is that interpolation), times
-    the modulation mask; the samples of all kernel points form an im2col matrix that one
-    (grouped) matrix product with the weights reduces.
+    ``(i * s_h - p_h + ki * d_h + dy, j * s_w - p_w + kj * d_w + dx)``, zero outside the image,
+    times the modulation mask. With the input laid out channels-last as a table of pixel rows,
+    each sample is the weighted sum of its four neighbouring rows (weight 0 for a row outside
+    the image): one ``F.embedding_bag(mode="sum", per_sample_weights=...)`` gathers every sample
+    of every kernel point (a channels-last im2col matrix with learned positions) and one
+    (grouped) matrix product with the weights reduces it. Gradients reach the input through the
+    gather and the offsets and mask through the bilinear weights, as in the CUDA kernel.
 
     Args:
         x: ``Tensor[B, C, H, W]``.
@@ -62,22 +67,38 @@ def deform_conv2d_sampled(
     groups, g = c // cg, offset.shape[1] // (2 * k)
     ho, wo = offset.shape[-2:]
     opts = {"device": x.device, "dtype": x.dtype}
-    off = offset.view(b, g, k, 2, ho, wo)
+    # the input channels-last with a zero border (1 before, 2 after each side), a table whose row
+    # ((n * (H + 3) + y + 1) * (W + 3) + x + 1) * G + j is pixel (y, x) of image n, offset group j
+    hp, wp = h + 3, w + 3
+    table = F.pad(x, (1, 2, 1, 2)).permute(0, 2, 3, 1).reshape(b * hp * wp * g, c // g).contiguous()
+    # sample positions (y, x), ordered [B, H', W', K, G] (an output pixel's im2col row is (K, C)),
+    # clamped to [-1, H] x [-1, W]: a sample beyond reads only the border (zero, zero gradient)
     ky = (torch.arange(kh, **opts) * dilation[0]).repeat_interleave(kw)  # [K]
     kx = (torch.arange(kw, **opts) * dilation[1]).repeat(kh)
-    base_y = torch.arange(ho, **opts) * stride[0] - padding[0]  # [H']
-    base_x = torch.arange(wo, **opts) * stride[1] - padding[1]  # [W']
-    py = base_y[None, :, None] + ky[:, None, None] + off[:, :, :, 0]  # [B, G, K, H', W']
-    px = base_x[None, None, :] + kx[:, None, None] + off[:, :, :, 1]
-    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1)  # [B, G, K, H', W', 2]
-    col = F.grid_sample(x.reshape(b * g, c // g, h, w), grid.view(b * g, k * ho, wo, 2),
-                        mode="bilinear", padding_mode="zeros", align_corners=False)
-    col = col.view(b, g, c // g, k, ho * wo)  # [B, G, C / G, K, H' W']
+    base = torch.stack(torch.broadcast_tensors(
+        (torch.arange(ho, **opts) * stride[0] - padding[0]).view(ho, 1, 1, 1) + ky.view(k, 1),
+        (torch.arange(wo, **opts) * stride[1] - padding[1]).view(wo, 1, 1) + kx.view(k, 1),
+    ), -1)  # [H', W', K, 1, 2]
+    pos = offset.view(b, g, k, 2, ho, wo).permute(0, 4, 5, 2, 1, 3) + base  # [B, H', W', K, G, 2]
+    pos = torch.minimum(pos.clamp(min=-1), torch.tensor([h, w], **opts))
+    low = pos.floor()
+    frac = pos - low
+    pair = torch.stack([1 - frac, frac], -1)  # [B, H', W', K, G, 2 (y, x), 2 (low, high)]
+    weights = pair[..., 0, :, None] * pair[..., 1, None, :]  # [..., 2 (y), 2 (x)]
     if mask is not None:
-        col = col * mask.view(b, g, 1, k, ho * wo)
-    col = col.reshape(b, groups, cg * k, ho * wo)  # [B, groups, C / groups * K, H' W']
-    out = torch.matmul(weight.reshape(groups, o // groups, cg * k), col)  # [B, groups, O / groups, H' W']
-    out = out.reshape(b, o, ho, wo)
+        weights = weights * mask.view(b, g, k, ho, wo).permute(0, 3, 4, 2, 1)[..., None, None]
+    low = low.long() + 1  # in the padded table
+    start = ((torch.arange(b, device=x.device).view(b, 1, 1, 1, 1) * hp + low[..., 0]) * wp
+             + low[..., 1]) * g + torch.arange(g, device=x.device)  # [B, H', W', K, G]
+    rows = start[..., None, None] + torch.tensor([[0, g], [wp * g, (wp + 1) * g]], device=x.device)
+    col = F.embedding_bag(rows.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4),
+                          mode="sum")  # [B H' W' K G, C / G]
+    # one matrix product per convolution group: [B H' W', K C / groups] x [K C / groups, O / groups]
+    col = col.view(b * ho * wo, k, groups, cg).transpose(0, 2)  # [groups, K, B H' W', C / groups]
+    col = col.transpose(1, 2).reshape(groups, b * ho * wo, k * cg)
+    wmat = weight.view(groups, o // groups, cg, k).permute(0, 3, 2, 1)  # [groups, K, C / groups, O / groups]
+    out = torch.bmm(col, wmat.reshape(groups, k * cg, o // groups))  # [groups, B H' W', O / groups]
+    out = out.view(groups, b, ho, wo, o // groups).permute(1, 0, 4, 2, 3).reshape(b, o, ho, wo)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 

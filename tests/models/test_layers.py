@@ -73,7 +73,7 @@ def test_deform_conv_starts_as_a_plain_convolution():
 
 def test_traced_deform_conv_keeps_torchvision_op():
     """Traced (TorchScript, ONNX export) the layer records torchvision's one deform_conv2d op,
-    which the ONNX export writes as DeformConv, not the CPU path's grid_sample + matmul."""
+    which the ONNX export writes as DeformConv, not the CPU path's gather + matmul."""
     from lightning_seg.layers.deform import DeformConv2d
 
     layer = DeformConv2d(4, 4, 3, modulated=True).eval()
@@ -111,7 +111,7 @@ def test_deform_conv_half_precision_on_cpu():
 ])
 def test_sampled_deform_conv_equals_torchvision(stride, padding, dilation, groups, offset_groups,
                                                modulated):
-    """The CPU path (grid_sample + matmul) is torchvision's deform_conv2d: outputs and the
+    """The CPU path (weighted gather + matmul) is torchvision's deform_conv2d: outputs and the
     gradients of the input, offsets, mask, weight and bias, with offsets that leave the image."""
     from torchvision.ops import deform_conv2d
 
