@@ -241,6 +241,19 @@ def test_two_sweeps_are_reported_together(grid_sweep, tmp_path):
     assert [r.params[width] for r in report.records[4:]] == [8, 8]
     assert f"Sweep {first} + more" in (tmp_path / "out" / "report.html").read_text()
 
+    # a sweep over experiments beside one that fixes its experiment at the top of its file: the
+    # fixed one's rows name its experiment too
+    swept = tmp_path / "experiments"
+    shutil.copytree(other, swept)
+    state_x = state_of(swept)
+    state_x["name"], state_x["experiment"] = "experiments", None
+    for t, name in zip(state_x["trials"], ("a.yaml", "b.yaml")):
+        t["params"]["experiment"] = f"experiments/{name}"
+    (swept / "state.json").write_text(json.dumps(state_x))
+    report = make_report([str(grid_sweep), str(swept)], out=tmp_path / "out3", plots=False)
+    assert "experiment" in report.params
+    assert [r.params["experiment"] for r in report.records] == ["tiny"] * 4 + ["a", "b"]
+
     state["metric"] = {"name": "val/loss", "goal": "minimize"}
     (other / "state.json").write_text(json.dumps(state))
     with pytest.raises(ReportError, match="report them apart"):

@@ -262,7 +262,7 @@ def read_inputs(paths: Iterable[str | Path]) -> tuple[Any, list[RunRecord], list
 def _read_sweeps(folders: Sequence[Path]) -> tuple[Any, list[RunRecord], list[str]]:
     from lightning_seg.sweeps.spec import EXPERIMENT_PARAM
 
-    states, records, names = [], [], []
+    states, per_sweep, names = [], [], []
     for folder in folders:
         state, trials = read_sweep_dir(folder)
         if states and state.metric != states[0].metric:
@@ -273,14 +273,16 @@ def _read_sweeps(folders: Sequence[Path]) -> tuple[Any, list[RunRecord], list[st
             for r in trials:
                 r.name = f"{state.name}/{r.name}"
         states.append(state)
-        records += trials
-    for r in records:
-        flat = flatten(r.config) if r.config else {}
-        for n in names:
-            if n not in r.params:  # swept elsewhere, fixed in this run's sweep
-                r.params[n] = flat.get(n)
-        if EXPERIMENT_PARAM in r.params and r.params[EXPERIMENT_PARAM] is not None:
-            r.params[EXPERIMENT_PARAM] = Path(str(r.params[EXPERIMENT_PARAM])).stem
+        per_sweep.append(trials)
+    for state, trials in zip(states, per_sweep):
+        for r in trials:
+            flat = flatten(r.config) if r.config else {}
+            for n in names:
+                if n not in r.params:  # swept elsewhere, fixed in this run's sweep
+                    r.params[n] = state.experiment if n == EXPERIMENT_PARAM else flat.get(n)
+            if r.params.get(EXPERIMENT_PARAM) is not None:
+                r.params[EXPERIMENT_PARAM] = Path(str(r.params[EXPERIMENT_PARAM])).stem
+    records = [r for trials in per_sweep for r in trials]
     state = states[0]
     if len(states) > 1:
         state = replace(state, name=" + ".join(s.name for s in states),
