@@ -87,7 +87,7 @@ def deform_conv2d_sampled(
     weights = pair[..., 0, :, None] * pair[..., 1, None, :]  # [..., 2 (y), 2 (x)]
     if mask is not None:
         weights = weights * mask.view(b, g, k, ho, wo).permute(0, 3, 4, 2, 1)[..., None, None]
-    low = low.long() + 1  # in the padded table
+    low = low.nan_to_num(-1).long() + 1  # in the padded table (NaN offsets: NaN weights, out NaN)
     start = ((torch.arange(b, device=x.device).view(b, 1, 1, 1, 1) * hp + low[..., 0]) * wp
              + low[..., 1]) * g + torch.arange(g, device=x.device)  # [B, H', W', K, G]
     rows = start[..., None, None] + torch.tensor([[0, g], [wp * g, (wp + 1) * g]], device=x.device)

@@ -134,3 +134,16 @@ def test_sampled_deform_conv_equals_torchvision(stride, padding, dilation, group
     grads = torch.autograd.grad((out * ref.detach().cos()).sum(), inputs)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b)
+
+
+def test_sampled_deform_conv_nan_offsets_give_nan_not_a_crash():
+    """A diverged network's NaN offsets reach the loss as NaN (which training can skip), not as an
+    index error from the gather."""
+    from lightning_seg.layers.deform import deform_conv2d_sampled
+
+    x = torch.randn(1, 4, 6, 6)
+    offset = torch.zeros(1, 18, 6, 6)
+    offset[0, :, 2, 3] = float("nan")
+    out = deform_conv2d_sampled(x, offset, torch.randn(5, 4, 3, 3), padding=(1, 1))
+    assert out[0, :, 2, 3].isnan().all()
+    assert out.isfinite().sum() == 5 * 35
