@@ -8,72 +8,37 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from task_cli import LEVELS, REPO, fit, part, shapes_data, write_config
 
 from lightning_seg.cli import main
 from lightning_seg.models.detectors.mask_rcnn import MaskRCNN
 from lightning_seg.tasks import InstanceSegmentationTask
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _part(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
-
-
 #: Mask R-CNN written part by part (R18, 32-channel FPN, small heads): num_classes of the box
 #: and mask heads comes from the DataModule.
-TINY_MASK_RCNN = _part(
+TINY_MASK_RCNN = part(
     "lightning_seg.models.detectors.MaskRCNN",
-    backbone=_part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
-    neck=_part("lightning_seg.models.necks.FPN", out_channels=32),
-    rpn=_part("lightning_seg.models.heads.RPN", pre_nms_top_n_train=300, post_nms_top_n_train=100,
-              pre_nms_top_n_test=100, post_nms_top_n_test=50),
-    box_head=_part("lightning_seg.models.heads.BoxRoIHead", in_features=["p2", "p3", "p4", "p5"],
-                   batch_size_per_image=64, fc_dim=64, score_thresh=0.0),
-    mask_head=_part("lightning_seg.models.heads.MaskRoIHead", in_features=["p2", "p3", "p4", "p5"],
-                    conv_dims=[32, 32]),
+    backbone=part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
+    neck=part("lightning_seg.models.necks.FPN", out_channels=32),
+    rpn=part("lightning_seg.models.heads.RPN", pre_nms_top_n_train=300, post_nms_top_n_train=100,
+             pre_nms_top_n_test=100, post_nms_top_n_test=50),
+    box_head=part("lightning_seg.models.heads.BoxRoIHead", in_features=LEVELS,
+                  batch_size_per_image=64, fc_dim=64, score_thresh=0.0),
+    mask_head=part("lightning_seg.models.heads.MaskRoIHead", in_features=LEVELS, conv_dims=[32, 32]),
 )
 
 
-def _config(tmp_path: Path) -> Path:
-    cfg = {
-        "model": {
-            "class_path": "lightning_seg.tasks.InstanceSegmentationTask",
-            "init_args": {
-                "model": TINY_MASK_RCNN,
-                "optimizer": {"class_path": "torch.optim.SGD",
-                              "init_args": {"lr": 0.005, "momentum": 0.9}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_seg.data.datamodules.synthetic.SyntheticShapesDataModule",
-            "init_args": {"task": "instance", "root": str(tmp_path / "world"), "num_train": 4,
-                          "num_val": 2, "height": 64, "width": 96, "batch_size": 2,
-                          "num_workers": 0, "persistent_workers": False, "pin_memory": False},
-        },
-        "trainer": {
-            "accelerator": "cpu", "max_epochs": 1, "num_sanity_val_steps": 0,
-            "default_root_dir": str(tmp_path),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "inst"}},
-        },
-    }
-    path = tmp_path / "inst.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def _config(folder: Path) -> Path:
+    task = part("lightning_seg.tasks.InstanceSegmentationTask", model=TINY_MASK_RCNN,
+                optimizer=part("torch.optim.SGD", lr=0.005, momentum=0.9))
+    return write_config(folder, "inst", task, shapes_data("instance", folder / "world"))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("instance_task")
-    config = _config(tmp)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(REPO)
-    try:
-        cli = main(["fit", "--config", str(config)])
-    finally:
-        mp.undo()
-    return config, tmp / "logs" / "inst" / "version_0", cli
+    config = _config(tmp_path_factory.mktemp("instance_task"))
+    cli, run = fit(config)
+    return config, run, cli
 
 
 def test_fit_logs_every_loss_term_and_coco_metrics(trained):

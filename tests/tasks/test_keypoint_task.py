@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import yaml
+from task_cli import REPO, fit, part, write_config
 
 from lightning_seg.cli import main
 from lightning_seg.models.backbones.hourglass import HourglassBackbone
@@ -19,42 +19,27 @@ from lightning_seg.models.detectors.topdown import StackedHourglass
 from lightning_seg.models.heads.keypoints import HourglassHeatmapHead
 from lightning_seg.tasks import KeypointTask
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _part(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
-
-
-def _config(tmp_path: Path, coco: Path) -> Path:
-    cfg = {
-        "model": _part(
-            "lightning_seg.tasks.KeypointTask",
-            model=_part(
-                "lightning_seg.models.detectors.StackedHourglass",
-                backbone=_part("lightning_seg.models.backbones.HourglassBackbone", num_stacks=2,
-                               depth=4, channels=16),
-                head=_part("lightning_seg.models.heads.HourglassHeatmapHead", sigma=1.0,
-                           encoding="unbiased", decoder="dark"),
-            ),
-            metrics=["oks", "pck"],
-            optimizer=_part("torch.optim.Adam", lr=0.001),
+def _config(folder: Path, coco: Path) -> Path:
+    task = part(
+        "lightning_seg.tasks.KeypointTask",
+        model=part(
+            "lightning_seg.models.detectors.StackedHourglass",
+            backbone=part("lightning_seg.models.backbones.HourglassBackbone", num_stacks=2,
+                          depth=4, channels=16),
+            head=part("lightning_seg.models.heads.HourglassHeatmapHead", sigma=1.0,
+                      encoding="unbiased", decoder="dark"),
         ),
-        "data": _part(
-            "lightning_seg.data.datamodules.CocoKeypointDataModule",
-            root=str(coco), train_ann="test_coco.json", val_ann="test_coco.json", train_images=".",
-            val_images=".", input_size=[64, 64], batch_size=6, num_workers=0,
-            persistent_workers=False, pin_memory=False,
-        ),
-        "trainer": {
-            "accelerator": "cpu", "max_epochs": 1, "num_sanity_val_steps": 0,
-            "default_root_dir": str(tmp_path),
-            "logger": _part("lightning.pytorch.loggers.CSVLogger", save_dir=str(tmp_path / "logs"), name="kp"),
-        },
-    }
-    path = tmp_path / "kp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        metrics=["oks", "pck"],
+        optimizer=part("torch.optim.Adam", lr=0.001),
+    )
+    data = part(
+        "lightning_seg.data.datamodules.CocoKeypointDataModule",
+        root=str(coco), train_ann="test_coco.json", val_ann="test_coco.json", train_images=".",
+        val_images=".", input_size=[64, 64], batch_size=6, num_workers=0,
+        persistent_workers=False, pin_memory=False,
+    )
+    return write_config(folder, "kp", task, data)
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +49,9 @@ def coco(shared_data) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, coco):
-    tmp = tmp_path_factory.mktemp("keypoint_task")
-    config = _config(tmp, coco)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(REPO)
-    try:
-        cli = main(["fit", "--config", str(config)])
-    finally:
-        mp.undo()
-    return config, tmp / "logs" / "kp" / "version_0", cli
+    config = _config(tmp_path_factory.mktemp("keypoint_task"), coco)
+    cli, run = fit(config)
+    return config, run, cli
 
 
 def test_fit_logs_per_stack_losses_and_keypoint_metrics(trained):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from task_cli import LEVELS, REPO, fit, part, shapes_data, write_config
 
 from lightning_seg.cli import main
 from lightning_seg.metrics.cli import main as eval_main
@@ -18,70 +19,36 @@ from lightning_seg.structures import Batch, PanopticPredictions, PanopticTargets
 from lightning_seg.tasks import PanopticSegmentationTask
 from lightning_seg.tasks.panoptic import PQ_KEYS, target_at
 
-REPO = Path(__file__).resolve().parents[2]
-LEVELS = ["p2", "p3", "p4", "p5"]
-
-
-def _part(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
-
-
 #: UPSNet part by part (R18, 32-channel FPN, small heads, 2-layer semantic head); the dataset
 #: facts (classes, thing / stuff split, ignore index) come from the DataModule.
-TINY_UPSNET = _part(
+TINY_UPSNET = part(
     "lightning_seg.models.detectors.UPSNet",
-    backbone=_part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
-    neck=_part("lightning_seg.models.necks.FPN", out_channels=32),
-    rpn=_part("lightning_seg.models.heads.RPN", anchor_sizes=[16, 32, 64, 128, 256],
+    backbone=part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
+    neck=part("lightning_seg.models.necks.FPN", out_channels=32),
+    rpn=part("lightning_seg.models.heads.RPN", anchor_sizes=[16, 32, 64, 128, 256],
               pre_nms_top_n_train=300, post_nms_top_n_train=100, pre_nms_top_n_test=100,
               post_nms_top_n_test=50),
-    box_head=_part("lightning_seg.models.heads.BoxRoIHead", in_features=LEVELS,
+    box_head=part("lightning_seg.models.heads.BoxRoIHead", in_features=LEVELS,
                    batch_size_per_image=64, fc_dim=64),
-    mask_head=_part("lightning_seg.models.heads.MaskRoIHead", in_features=LEVELS, conv_dims=[32, 32]),
-    semantic_head=_part("lightning_seg.models.heads.UPSNetSemanticHead", in_features=LEVELS,
+    mask_head=part("lightning_seg.models.heads.MaskRoIHead", in_features=LEVELS, conv_dims=[32, 32]),
+    semantic_head=part("lightning_seg.models.heads.UPSNetSemanticHead", in_features=LEVELS,
                         num_layers=2),
-    panoptic_head=_part("lightning_seg.models.heads.UPSNetPanopticHead", stuff_area_limit=16),
+    panoptic_head=part("lightning_seg.models.heads.UPSNetPanopticHead", stuff_area_limit=16),
 )
 
 
-def _config(tmp_path: Path) -> Path:
-    cfg = {
-        "model": {
-            "class_path": "lightning_seg.tasks.PanopticSegmentationTask",
-            "init_args": {
-                "model": TINY_UPSNET,
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.002}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_seg.data.datamodules.synthetic.SyntheticShapesDataModule",
-            "init_args": {"task": "panoptic", "root": str(tmp_path / "world"), "num_train": 4,
-                          "num_val": 2, "height": 64, "width": 96, "batch_size": 2,
-                          "num_workers": 0, "persistent_workers": False, "pin_memory": False},
-        },
-        "trainer": {
-            "accelerator": "cpu", "max_epochs": 20, "num_sanity_val_steps": 0,
-            "check_val_every_n_epoch": 20, "default_root_dir": str(tmp_path),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "pan"}},
-        },
-    }
-    path = tmp_path / "pan.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def _config(folder: Path) -> Path:
+    task = part("lightning_seg.tasks.PanopticSegmentationTask", model=TINY_UPSNET,
+                optimizer=part("torch.optim.AdamW", lr=0.002))
+    return write_config(folder, "pan", task, shapes_data("panoptic", folder / "world"),
+                        max_epochs=20, check_val_every_n_epoch=20)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("panoptic_task")
-    config = _config(tmp)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(REPO)
-    try:
-        cli = main(["fit", "--config", str(config)])
-    finally:
-        mp.undo()
-    return config, tmp / "logs" / "pan" / "version_0", cli
+    config = _config(tmp_path_factory.mktemp("panoptic_task"))
+    cli, run = fit(config)
+    return config, run, cli
 
 
 def test_fit_logs_every_loss_term_and_pq(trained):

@@ -3,36 +3,26 @@ the YAML fragments equal the builders."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
+from task_cli import LEVELS, REPO, fit, part, shapes_data, write_config
 
 from lightning_seg.cli import main
 from lightning_seg.models.detectors.mask_rcnn import MaskRCNN
 from lightning_seg.models.heads import RefineMaskHead
 from lightning_seg.tasks import InstanceSegmentationTask
 
-REPO = Path(__file__).resolve().parents[2]
-LEVELS = ["p2", "p3", "p4", "p5"]
-
-
-def _part(class_path: str, **init_args) -> dict:
-    return {"class_path": class_path, "init_args": init_args}
-
-
-TINY_REFINEMASK = _part(
+TINY_REFINEMASK = part(
     "lightning_seg.models.detectors.MaskRCNN",
-    backbone=_part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
-    neck=_part("lightning_seg.models.necks.FPN", out_channels=32),
-    rpn=_part("lightning_seg.models.heads.RPN", pre_nms_top_n_train=300, post_nms_top_n_train=100,
+    backbone=part("lightning_seg.models.backbones.ResNetBackbone", depth=18),
+    neck=part("lightning_seg.models.necks.FPN", out_channels=32),
+    rpn=part("lightning_seg.models.heads.RPN", pre_nms_top_n_train=300, post_nms_top_n_train=100,
               pre_nms_top_n_test=100, post_nms_top_n_test=50),
-    box_head=_part("lightning_seg.models.heads.BoxRoIHead", in_features=LEVELS,
+    box_head=part("lightning_seg.models.heads.BoxRoIHead", in_features=LEVELS,
                    batch_size_per_image=64, fc_dim=64, score_thresh=0.0, loss_cls_weight=2.0,
                    loss_box_weight=2.0, box_loss_beta=0.0),
-    semantic_head=_part("lightning_seg.models.heads.ForegroundSemanticHead", conv_dim=16),
-    mask_head=_part("lightning_seg.models.heads.RefineMaskHead", in_features=LEVELS, conv_dim=32,
+    semantic_head=part("lightning_seg.models.heads.ForegroundSemanticHead", conv_dim=16),
+    mask_head=part("lightning_seg.models.heads.RefineMaskHead", in_features=LEVELS, conv_dim=32,
                     semantic_channels=16),
 )
 
@@ -40,37 +30,14 @@ TINY_REFINEMASK = _part(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("refinemask_task")
-    cfg = {
-        "model": {
-            "class_path": "lightning_seg.tasks.InstanceSegmentationTask",
-            "init_args": {"model": TINY_REFINEMASK,
-                          "optimizer": {"class_path": "torch.optim.SGD",
-                                        "init_args": {"lr": 0.002, "momentum": 0.9}}},
-        },
-        "data": {
-            "class_path": "lightning_seg.data.datamodules.synthetic.SyntheticShapesDataModule",
-            "init_args": {"task": "instance", "root": str(tmp / "world"), "num_train": 4,
-                          "num_val": 2, "height": 64, "width": 96, "batch_size": 2,
-                          "num_workers": 0, "persistent_workers": False, "pin_memory": False},
-        },
-        "trainer": {
-            "accelerator": "cpu", "max_epochs": 1, "num_sanity_val_steps": 0,
-            "gradient_clip_val": 35, "default_root_dir": str(tmp),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp / "logs"), "name": "refine"}},
-            "callbacks+": [{"class_path": "lightning_seg.callbacks.RefineStageMetrics",
-                            "init_args": {"iou_thresh": 0.0}}],
-        },
-    }
-    config = tmp / "refine.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    mp = pytest.MonkeyPatch()
-    mp.chdir(REPO)
-    try:
-        cli = main(["fit", "--config", str(config)])
-    finally:
-        mp.undo()
-    return config, tmp / "logs" / "refine" / "version_0", cli
+    task = part("lightning_seg.tasks.InstanceSegmentationTask", model=TINY_REFINEMASK,
+                optimizer=part("torch.optim.SGD", lr=0.002, momentum=0.9))
+    config = write_config(
+        tmp, "refine", task, shapes_data("instance", tmp / "world"), gradient_clip_val=35,
+        **{"callbacks+": [part("lightning_seg.callbacks.RefineStageMetrics", iou_thresh=0.0)]},
+    )
+    cli, run = fit(config)
+    return config, run, cli
 
 
 def test_fit_logs_stage_losses_semantic_loss_and_per_stage_ious(trained):

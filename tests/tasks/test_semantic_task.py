@@ -9,55 +9,27 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from task_cli import REPO, fit, part, shapes_data, write_config
 
 from lightning_seg.cli import main
 from lightning_seg.models.detectors.unet import UNet
 from lightning_seg.structures import Batch, SemanticPredictions
 from lightning_seg.tasks import SemanticSegmentationTask
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _config(tmp_path: Path) -> Path:
-    cfg = {
-        "model": {
-            "class_path": "lightning_seg.tasks.SemanticSegmentationTask",
-            "init_args": {
-                "model": {"class_path": "lightning_seg.models.detectors.unet.UNet",
-                          "init_args": {"base_channels": 8, "depth": 2}},
-                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.003}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_seg.data.datamodules.synthetic.SyntheticShapesDataModule",
-            "init_args": {"task": "semantic", "root": str(tmp_path / "world"), "num_train": 4,
-                          "num_val": 3, "height": 48, "width": 64, "vary_size": True,
-                          "batch_size": 2, "num_workers": 0, "persistent_workers": False,
-                          "pin_memory": False},
-        },
-        "trainer": {
-            "accelerator": "cpu", "max_epochs": 1, "num_sanity_val_steps": 0,
-            "default_root_dir": str(tmp_path),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "sem"}},
-        },
-    }
-    path = tmp_path / "sem.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def _config(folder: Path) -> Path:
+    task = part("lightning_seg.tasks.SemanticSegmentationTask",
+                model=part("lightning_seg.models.detectors.unet.UNet", base_channels=8, depth=2),
+                optimizer=part("torch.optim.Adam", lr=0.003))
+    data = shapes_data("semantic", folder / "world", num_val=3, height=48, width=64, vary_size=True)
+    return write_config(folder, "sem", task, data)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("semantic_task")
-    config = _config(tmp)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(REPO)
-    try:
-        main(["fit", "--config", str(config)])
-    finally:
-        mp.undo()
-    return config, tmp / "logs" / "sem" / "version_0"
+    config = _config(tmp_path_factory.mktemp("semantic_task"))
+    _, run = fit(config)
+    return config, run
 
 
 def test_fit_writes_run_folder(trained):
