@@ -246,6 +246,13 @@ def fill_dataset_facts(node, facts: dict, path: str = "model") -> None:
             fill_dataset_facts(value, facts, f"{path}[{i}]")
 
 
+def instantiate(parser, cfg: Namespace) -> Namespace:
+    """The classes of a parsed config built: jsonargparse's ``instantiate`` (4.49 on, where
+    ``instantiate_classes`` is deprecated), else ``instantiate_classes``."""
+    method = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return method(cfg)
+
+
 def raise_user_error(exc: BaseException):
     """Re-raise ``exc``, or the ``UserError`` that caused it when jsonargparse wrapped one into its
     validation message."""
@@ -305,14 +312,14 @@ class SegCLI(LightningCLI):
 
     @staticmethod
     def _build_datamodule(data_cfg: Namespace):
-        """The DataModule of the config (built once; ``instantiate_classes`` reuses it)."""
+        """The DataModule of the config (built once; ``instantiate_classes`` below reuses it)."""
         import lightning as L
         from jsonargparse import ArgumentParser
 
         parser = ArgumentParser(exit_on_error=False)
         parser.add_argument("--data", type=L.LightningDataModule)
         parsed = parser.parse_object({"data": _plain(data_cfg)})
-        return parser.instantiate_classes(parsed).data
+        return instantiate(parser, parsed).data
 
     def _name_run(self, cfg: Namespace) -> None:
         """Name the run after the experiment file unless the config names it."""

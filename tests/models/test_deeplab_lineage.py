@@ -136,13 +136,15 @@ def _network_from_fragment(name: str) -> nn.Module:
     """The network of ``experiments/models/<name>.yaml`` built by jsonargparse (no weights)."""
     from jsonargparse import ArgumentParser
 
+    from lightning_seg.cli import instantiate
+
     cfg = yaml.safe_load((REPO / "experiments" / "models" / f"{name}.yaml").read_text())
     net = cfg["model"]["init_args"]["model"]
     net["init_args"]["backbone"]["init_args"]["weights"] = None
     net["init_args"]["num_classes"] = 21
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--net", type=nn.Module)
-    return parser.instantiate_classes(parser.parse_object({"net": net})).net
+    return instantiate(parser, parser.parse_object({"net": net})).net
 
 
 @pytest.mark.parametrize("name", ["deeplabv1_largefov_vgg16", "deeplabv2_r101"])
