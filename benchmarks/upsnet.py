@@ -43,6 +43,7 @@ Usage::
     python benchmarks/upsnet.py --save outputs/upsnet_bench.pt   # keep the trained network ...
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt   # ... and score / time it again
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --fusion-ablation   # + test-time head variants
+    python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --max-objects 16   # on a more crowded world
 
 Prints a table, then one JSON object as the last line.
 """
@@ -233,6 +234,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-val", type=int, default=64)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--max-objects", type=int, default=6,
+                        help="most shapes per image (the world's default 6); with --load, scores a "
+                             "trained network on a more crowded world")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps from lr / 10")
@@ -271,7 +275,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main() -> None:
     parser = make_parser()
     args = parser.parse_args()
-    for name in ("bootstrap", "num_train", "num_val", "batch_size", "timing_images", "timing_repeats"):
+    for name in ("bootstrap", "num_train", "num_val", "batch_size", "timing_images", "timing_repeats",
+                 "max_objects"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
@@ -279,6 +284,7 @@ def main() -> None:
 
     dm = SyntheticShapesDataModule(
         task="panoptic", num_train=args.num_train, num_val=args.num_val, seed=args.seed,
+        max_objects=args.max_objects,
         height=args.height, width=args.width, batch_size=args.batch_size, num_workers=0,
         persistent_workers=False, pin_memory=False,
         train_transform=TrainTransform(size=(args.height, args.width), scale_range=(0.75, 1.25),
@@ -434,6 +440,8 @@ def main() -> None:
         "depth": args.depth,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "max_objects": args.max_objects,
+        "num_val": args.num_val,
         "skipped_steps": skipped,
         "train_s": round(train_s, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
