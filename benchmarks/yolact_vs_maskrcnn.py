@@ -11,7 +11,9 @@ Three parts (``--parts``, all by default):
     are random, and the work after the backbone depends on the number of detections). Peak
     memory: CUDA ``max_memory_allocated``, on a CPU the growth of the process's peak resident
     memory over the run of each model, measured in a fresh process per model. Key ``speedup``:
-    Mask R-CNN time / YOLACT time (paper: 3.9x on a GPU, Table 4 / Fig. 1).
+    Mask R-CNN time / YOLACT time (paper: 3.9x on a GPU, Table 4 / Fig. 1). ``--precisions``
+    also times YOLACT under ``torch.autocast`` in fp16 / bf16: keys ``yolact_r50_550_fps_<p>``
+    (paper: 33.5 fps for YOLACT-550 R101 and 42.5 for R50 on a Titan Xp).
 ``nms``
     Fast NMS (``lightning_seg.ops.fast_nms``) against ``torchvision.ops.batched_nms`` on YOLACT's
     real candidate sets: per image, the anchors whose best class score exceeds 0.05 and per
@@ -34,6 +36,7 @@ Usage::
 
     python benchmarks/yolact_vs_maskrcnn.py                          # everything (about 2 x 10 CPU min of training)
     python benchmarks/yolact_vs_maskrcnn.py --parts speed,nms --repeats 3
+    python benchmarks/yolact_vs_maskrcnn.py --parts speed,nms --precisions fp32,fp16,bf16   # on a GPU (used when present)
     python benchmarks/yolact_vs_maskrcnn.py --parts learn --budget-minutes 0.2 --num-val 4   # smoke test
 
 The last line printed is one JSON object.
@@ -105,8 +108,13 @@ def prepare(name: str, image: torch.Tensor):
     return Batch.from_images(x, orig_sizes=[(h, w)], size_divisibility=32 if name != "yolact" else 1)
 
 
-def time_model(name: str, images, repeats: int, device: torch.device) -> dict:
-    """Median seconds per image and peak memory of one model (run in its own process on a CPU)."""
+#: --precisions: the autocast dtype of each (fp32: no autocast)
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def time_model(name: str, images, repeats: int, device: torch.device, precision: str = "fp32") -> dict:
+    """Median seconds per image and peak memory of one model (run in its own process on a CPU),
+    under ``torch.autocast`` in ``precision`` (fp16 / bf16) or in float32."""
     torch.manual_seed(0)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build(name).eval().to(device)
@@ -114,7 +122,8 @@ def time_model(name: str, images, repeats: int, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     batches = [prepare(name, im).to(device) for im in images]
     times, dets = [], []
-    with torch.no_grad():
+    dtype = PRECISIONS[precision]
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         model(batches[0])  # warm-up
         for _ in range(repeats):
             for b in batches:
@@ -134,16 +143,23 @@ def time_model(name: str, images, repeats: int, device: torch.device) -> dict:
 def run_speed(args, device: torch.device) -> dict:
     images = speed_images(args.coco_mini)
     result = {}
-    for name in ("yolact", "maskrcnn"):
+    runs = [("yolact", "fp32"), ("maskrcnn", "fp32")]
+    runs += [("yolact", p) for p in args.precisions if p != "fp32"]
+    for name, precision in runs:
         if device.type == "cuda":
-            result[name] = time_model(name, images, args.repeats, device)
+            result[name, precision] = time_model(name, images, args.repeats, device, precision)
             continue
-        cmd = [sys.executable, __file__, "--_time-one", name, "--repeats", str(args.repeats)]
+        cmd = [sys.executable, __file__, "--_time-one", name, "--repeats", str(args.repeats),
+               "--precisions", precision]
         if args.coco_mini:
             cmd += ["--coco-mini", str(args.coco_mini)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ})
-        result[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        result[name, precision] = json.loads(out.stdout.strip().splitlines()[-1])
+    fps = {f"yolact_r50_550_fps_{p}": round(1 / result["yolact", p]["seconds"], 2)
+           for name, p in runs if name == "yolact"}
+    result = {name: result[name, "fp32"] for name in ("yolact", "maskrcnn")}
     return {
+        **fps,
         "yolact_r50_550_s": round(result["yolact"]["seconds"], 4),
         "maskrcnn_r50_800_s": round(result["maskrcnn"]["seconds"], 4),
         "speedup": round(result["maskrcnn"]["seconds"] / result["yolact"]["seconds"], 3),
@@ -168,7 +184,7 @@ def candidate_sets(model, batches, conf_thresh: float, top_k: int = 200) -> list
             boxes, scores = boxes[0][cand], scores[cand].T  # [n, 4], [K, n]
             k = min(top_k, scores.shape[1])
             top, idx = scores.topk(k, dim=1)  # [K, k]
-            labels = torch.arange(scores.shape[0])[:, None].expand(-1, k)
+            labels = torch.arange(scores.shape[0], device=scores.device)[:, None].expand(-1, k)
             sets.append((boxes[idx.reshape(-1)], top.reshape(-1), labels.reshape(-1)))
     return sets
 
@@ -180,12 +196,18 @@ def time_nms(sets, repeats: int) -> dict:
 
     fast, std, kept_fast, kept_std = [], [], [], []
     for boxes, scores, labels in sets:
+        device = boxes.device
+        fast_nms(boxes, scores, labels, 0.5, top_k=200)  # warm-up (CUDA kernels, caches)
+        batched_nms(boxes, scores, labels, 0.5)
         for _ in range(repeats):
+            _sync(device)
             t = time.perf_counter()
             a = fast_nms(boxes, scores, labels, 0.5, top_k=200)
+            _sync(device)
             fast.append(time.perf_counter() - t)
             t = time.perf_counter()
             b = batched_nms(boxes, scores, labels, 0.5)
+            _sync(device)
             std.append(time.perf_counter() - t)
         kept_fast.append(len(a))
         kept_std.append(len(b))
@@ -199,12 +221,12 @@ def time_nms(sets, repeats: int) -> dict:
     }
 
 
-def run_nms_untrained(args) -> dict:
+def run_nms_untrained(args, device: torch.device) -> dict:
     from lightning_seg.models.detectors.yolact import yolact_r50
 
     torch.manual_seed(0)
-    model = yolact_r50(80).eval()
-    batches = [prepare("yolact", im) for im in speed_images(args.coco_mini, n=3)]
+    model = yolact_r50(80).eval().to(device)
+    batches = [prepare("yolact", im).to(device) for im in speed_images(args.coco_mini, n=3)]
     return time_nms(candidate_sets(model, batches, conf_thresh=0.0), args.repeats)
 
 
@@ -316,19 +338,27 @@ def main() -> None:
                              "wall minutes on CUDA")
     parser.add_argument("--num-val", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
+    parser.add_argument("--precisions", default="fp32",
+                        help="speed part: YOLACT also timed under autocast in these, e.g. fp32,fp16,bf16 "
+                             "(the paper's fps are fp16-era GPU figures; fp16 needs CUDA)")
     parser.add_argument("--pictures", default="outputs/yolact_failure_modes",
                         help="folder for the failure-mode pictures of the trained YOLACT")
     parser.add_argument("--_time-one", dest="time_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.budget_minutes <= 0 or args.num_val < 1 or args.repeats < 1:
         parser.error("--budget-minutes must be > 0, --num-val and --repeats >= 1")
+    args.precisions = args.precisions.split(",")
+    unknown = [p for p in args.precisions if p not in PRECISIONS]
+    if unknown:
+        parser.error(f"--precisions: unknown {unknown}; choose from {sorted(PRECISIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.coco_mini is not None and not args.coco_mini.is_dir():
         args.coco_mini = None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.time_one:
-        print(json.dumps(time_model(args.time_one, speed_images(args.coco_mini), args.repeats, device)))
+        print(json.dumps(time_model(args.time_one, speed_images(args.coco_mini), args.repeats, device,
+                                    args.precisions[0])))
         return
     parts = set(args.parts.split(","))
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
@@ -339,7 +369,7 @@ def main() -> None:
     if "learn" in parts:
         result["learn"], trained, val_batches = run_learn(args, device)
     if "nms" in parts:
-        result["nms_untrained_coco"] = run_nms_untrained(args)
+        result["nms_untrained_coco"] = run_nms_untrained(args, device)
         if trained is not None:
             trained.eval()
             result["nms_trained_synthetic"] = time_nms(candidate_sets(trained, val_batches, 0.05), args.repeats)
