@@ -36,7 +36,7 @@ Usage::
 
     python benchmarks/yolact_vs_maskrcnn.py                          # everything (about 2 x 10 CPU min of training)
     python benchmarks/yolact_vs_maskrcnn.py --parts speed,nms --repeats 3
-    python benchmarks/yolact_vs_maskrcnn.py --parts speed,nms --precisions fp32,fp16,bf16   # on a GPU (used when present)
+    python benchmarks/yolact_vs_maskrcnn.py --parts speed,nms --precisions fp32,fp16,bf16   # on a GPU
     python benchmarks/yolact_vs_maskrcnn.py --parts learn --budget-minutes 0.2 --num-val 4   # smoke test
 
 The last line printed is one JSON object.
