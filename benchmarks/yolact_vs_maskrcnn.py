@@ -340,7 +340,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     parser.add_argument("--precisions", default="fp32",
                         help="speed part: YOLACT also timed under autocast in these, e.g. fp32,fp16,bf16 "
-                             "(the paper's fps are fp16-era GPU figures; fp16 needs CUDA)")
+                             "(the paper's fps are GPU figures; a CPU runs them too, more slowly)")
     parser.add_argument("--pictures", default="outputs/yolact_failure_modes",
                         help="folder for the failure-mode pictures of the trained YOLACT")
     parser.add_argument("--_time-one", dest="time_one", default=None, help=argparse.SUPPRESS)

@@ -4,49 +4,27 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
+from task_cli import fit, part, shapes_data, write_config
 from torch import nn
 
 from lightning_seg.callbacks import RunCost
 from lightning_seg.callbacks.cost import count_flops, count_parameters, first_images
 from lightning_seg.callbacks.wandb_extras import per_class_values
-from lightning_seg.cli import main
 from lightning_seg.structures import Batch
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A 1-level U-Net fitted 3 steps through the CLI, with experiments/defaults.yaml."""
     tmp = tmp_path_factory.mktemp("cost")
-    cfg = {
-        "model": {"class_path": "lightning_seg.tasks.SemanticSegmentationTask",
-                  "init_args": {"model": {"class_path": "lightning_seg.models.detectors.UNet",
-                                          "init_args": {"base_channels": 4, "depth": 1}}}},
-        "data": {"class_path": "lightning_seg.data.datamodules.SyntheticShapesDataModule",
-                 "init_args": {"task": "semantic", "root": str(tmp / "world"), "num_train": 6, "num_val": 2,
-                               "height": 32, "width": 48, "batch_size": 2, "num_workers": 0,
-                               "persistent_workers": False, "pin_memory": False}},
-        "trainer": {"accelerator": "cpu", "max_steps": 3, "max_epochs": 1, "num_sanity_val_steps": 0,
-                    "enable_progress_bar": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp), "name": "trial", "version": ""}}},
-    }
-    path = tmp / "cost.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    mp = pytest.MonkeyPatch()
-    mp.chdir(REPO)
-    try:
-        cli = main(["fit", "--config", str(path)])
-    finally:
-        mp.undo()
-    return cli, tmp / "trial"
+    task = part("lightning_seg.tasks.SemanticSegmentationTask",
+                model=part("lightning_seg.models.detectors.UNet", base_channels=4, depth=1))
+    data = shapes_data("semantic", tmp / "world", num_train=6, height=32, width=48)
+    return fit(write_config(tmp, "cost", task, data, max_steps=3, enable_progress_bar=False))
 
 
 def test_every_run_logs_its_cost(fitted):

@@ -1,4 +1,4 @@
-"""What the task tests share: experiment configs written part by part, and ``lseg fit`` through the
+"""What the CLI tests share: experiment configs written part by part, and ``lseg fit`` through the
 real CLI from the repository root."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import yaml
 
 from lightning_seg.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 #: the FPN levels the tiny detectors pool from
 LEVELS = ["p2", "p3", "p4", "p5"]
 
