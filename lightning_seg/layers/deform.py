@@ -67,6 +67,19 @@ def deform_conv2d_sampled(
     k = kh * kw
     groups, g = c // cg, offset.shape[1] // (2 * k)
     ho, wo = offset.shape[-2:]
+    size = tuple((n + 2 * p - d * (kn - 1) - 1) // s + 1
+                 for n, p, d, kn, s in zip((h, w), padding, dilation, (kh, kw), stride))
+    if c % cg or o % max(groups, 1):
+        raise ValueError(f"deform_conv2d: weight {tuple(weight.shape)} does not fit {c} input channels "
+                         f"(in-channels per group must divide {c}, and the groups must divide {o} outputs)")
+    if g < 1 or offset.shape[1] != 2 * g * k or c % g:
+        raise ValueError(f"deform_conv2d: offset has {offset.shape[1]} channels; expected 2 * G * {k} "
+                         f"for the {kh}x{kw} kernel, with G offset groups dividing {c} input channels")
+    if (ho, wo) != size or offset.shape[0] != b:
+        raise ValueError(f"deform_conv2d: offset {tuple(offset.shape)} must be [{b}, {2 * g * k}, "
+                         f"{size[0]}, {size[1]}] (the output size of the convolution)")
+    if mask is not None and tuple(mask.shape) != (b, g * k, ho, wo):
+        raise ValueError(f"deform_conv2d: mask {tuple(mask.shape)} must be [{b}, {g * k}, {ho}, {wo}]")
     opts = {"device": x.device, "dtype": x.dtype}
     # the input channels-last with a zero border (1 before, 2 after each side), a table whose row
     # ((n * (H + 3) + y + 1) * (W + 3) + x + 1) * G + j is pixel (y, x) of image n, offset group j

@@ -147,3 +147,18 @@ def test_sampled_deform_conv_nan_offsets_give_nan_not_a_crash():
     out = deform_conv2d_sampled(x, offset, torch.randn(5, 4, 3, 3), padding=(1, 1))
     assert out[0, :, 2, 3].isnan().all()
     assert out.isfinite().sum() == 5 * 35
+
+
+def test_sampled_deform_conv_names_misshapen_inputs():
+    """Offsets, masks or weights of the wrong shape are refused with the expected shape."""
+    from lightning_seg.layers.deform import deform_conv2d_sampled
+
+    x, weight = torch.randn(1, 4, 6, 6), torch.randn(5, 4, 3, 3)
+    with pytest.raises(ValueError, match="offset has 17 channels"):
+        deform_conv2d_sampled(x, torch.zeros(1, 17, 6, 6), weight, padding=(1, 1))
+    with pytest.raises(ValueError, match=r"must be \[1, 18, 6, 6\]"):
+        deform_conv2d_sampled(x, torch.zeros(1, 18, 4, 4), weight, padding=(1, 1))
+    with pytest.raises(ValueError, match=r"mask \(1, 3, 6, 6\)"):
+        deform_conv2d_sampled(x, torch.zeros(1, 18, 6, 6), weight, padding=(1, 1), mask=torch.ones(1, 3, 6, 6))
+    with pytest.raises(ValueError, match="does not fit 4 input channels"):
+        deform_conv2d_sampled(x, torch.zeros(1, 18, 6, 6), torch.randn(5, 3, 3, 3), padding=(1, 1))
