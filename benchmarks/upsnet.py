@@ -294,6 +294,23 @@ def main() -> None:
     dm.setup("fit")
     info = dm.info
 
+    structural = None
+    if args.structural_depth:
+        # the same three networks at another depth, untrained, first (it needs no training, and its
+        # figure is then printed even if the run is cut short) (random init, the same for all):
+        # none has a detection above 0.6, so this times the structure alone
+        other = argparse.Namespace(**{**vars(args), "depth": args.structural_depth})
+        upsnet_d = build_upsnet(other, info).to(device)
+        mrcnn_d, deeplab_d = build_peers(other, info, upsnet_d)
+        structural = time_inference(upsnet_d, mrcnn_d.to(device), deeplab_d.to(device),
+                                    dm.val_dataloader(), info, device, args.timing_images,
+                                    args.timing_repeats)
+        del upsnet_d, mrcnn_d, deeplab_d
+        two_d = structural["mrcnn"] + structural["deeplab"]
+        print(f"untrained, depth {args.structural_depth}: UPSNet {1000 * structural['upsnet']:.1f} ms; "
+              f"Mask R-CNN {1000 * structural['mrcnn']:.1f} + DeepLab v3+ "
+              f"{1000 * structural['deeplab']:.1f} = {1000 * two_d:.1f} ms", flush=True)
+
     model = build_upsnet(args, info).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
@@ -371,17 +388,6 @@ def main() -> None:
     t = time_inference(model, mrcnn, deeplab, dm.val_dataloader(), info, device,
                        args.timing_images, args.timing_repeats)
     two = t["mrcnn"] + t["deeplab"]
-    structural = None
-    if args.structural_depth:
-        # the same three networks at another depth, untrained (random init, the same for all):
-        # none has a detection above 0.6, so this times the structure alone
-        other = argparse.Namespace(**{**vars(args), "depth": args.structural_depth})
-        upsnet_d = build_upsnet(other, info).to(device)
-        mrcnn_d, deeplab_d = build_peers(other, info, upsnet_d)
-        structural = time_inference(upsnet_d, mrcnn_d.to(device), deeplab_d.to(device),
-                                    dm.val_dataloader(), info, device, args.timing_images,
-                                    args.timing_repeats)
-        del upsnet_d, mrcnn_d, deeplab_d
 
     columns = ("pq", "pq_th", "pq_st", "sq", "rq", "sq_th", "rq_th")
     print(f"{'':26}" + "".join(f"{k.upper().replace('_TH', '_th').replace('_ST', '_st'):>8}" for k in columns))
@@ -393,11 +399,6 @@ def main() -> None:
           f"{1000 * t['mrcnn']:.1f} (score >= {args.score_thresh}; {t['detections']:.1f} detections) + DeepLab v3+ "
           f"{1000 * t['deeplab']:.1f} = {1000 * two:.1f} ms (+ merge {1000 * t['merge']:.1f} ms); "
           f"Mask R-CNN at its default score 0.05: {1000 * t['mrcnn_default']:.1f} ms")
-    if structural is not None:
-        two_d = structural["mrcnn"] + structural["deeplab"]
-        print(f"untrained, depth {args.structural_depth}: UPSNet {1000 * structural['upsnet']:.1f} ms; "
-              f"Mask R-CNN {1000 * structural['mrcnn']:.1f} + DeepLab v3+ "
-              f"{1000 * structural['deeplab']:.1f} = {1000 * two_d:.1f} ms")
     gain = pq_upsnet["pq"] - pq_heuristic["pq"]
     print(f"pq_gain_vs_heuristic {100 * gain:+.2f} PQ; 95% interval over the {args.num_val} validation "
           f"images (paired bootstrap, one trained network): {100 * gain_ci[0]:+.2f} .. {100 * gain_ci[1]:+.2f}")
