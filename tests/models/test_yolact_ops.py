@@ -3,6 +3,8 @@ box coding against hand-computed values, and the box crop of assembled masks."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torchvision.ops import batched_nms, box_iou
@@ -15,6 +17,9 @@ from lightning_seg.ops import (
     fast_nms,
     fast_nms_matrix,
 )
+
+# the module (``lightning_seg.ops.fast_nms`` as an attribute is the function)
+fast_nms_module = importlib.import_module("lightning_seg.ops.fast_nms")
 
 
 def reference_fast_nms(boxes, scores, labels, iou_thresh, top_k):
@@ -50,6 +55,25 @@ def test_fast_nms_equals_the_paper_definition_on_random_boxes(seed, top_k):
     assert torch.equal(got, expected)
     assert got.dtype == torch.int64
     assert torch.all(scores[got][:-1] >= scores[got][1:])  # sorted by decreasing score
+
+
+@pytest.mark.parametrize("block", [64, 4000, 10**9])
+def test_fast_nms_in_blocks_equals_the_paper_definition(monkeypatch, block):
+    """On a CPU the pairs go in blocks of rows and groups (ragged last blocks, padded groups of
+    unequal sizes); from one row per block to everything in one, the result is the reference."""
+    monkeypatch.setattr(fast_nms_module, "CPU_BLOCK_ELEMENTS", block)
+    boxes, scores, g = random_boxes(400, 11, size=60.0)
+    labels = torch.randint(0, 13, (400,), generator=g)
+    for top_k in (7, 45):
+        expected = reference_fast_nms(boxes, scores, labels, 0.5, top_k)
+        assert torch.equal(fast_nms(boxes, scores, labels, 0.5, top_k=top_k), expected)
+    # and the core on a [G, K] table with padding
+    table = boxes[:60].reshape(5, 12, 4)
+    valid = torch.rand(5, 12, generator=g) > 0.2
+    monkeypatch.setattr(fast_nms_module, "CPU_BLOCK_ELEMENTS", 10**9)
+    one_block = fast_nms_matrix(table, 0.3, valid)
+    monkeypatch.setattr(fast_nms_module, "CPU_BLOCK_ELEMENTS", block)
+    assert torch.equal(fast_nms_matrix(table, 0.3, valid), one_block)
 
 
 def test_a_suppressed_box_still_suppresses():
