@@ -71,38 +71,54 @@ def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = Non
     if k == 0 or g == 0:
         return torch.zeros(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
     # one contiguous [G, K] tensor per coordinate: the broadcast operations below vectorise on
-    # contiguous rows (a view with stride 4 runs several times slower on a CPU)
-    x1, y1, x2, y2 = boxes.permute(2, 0, 1).contiguous().unbind(0)
+    # contiguous rows (a view with stride 4 runs several times slower on a CPU); float32 at least
+    # (half-precision areas overflow from 256 x 256)
+    coords = boxes.permute(2, 0, 1)
+    if coords.dtype in (torch.float16, torch.bfloat16):
+        coords = coords.float()
+    finite = coords.isfinite().all(dim=0)  # [G, K]
+    x1, y1, x2, y2 = torch.where(finite, coords, 0.0).contiguous().unbind(0)
     scaled = (x2 - x1) * (y2 - y1) * iou_thresh  # [G, K]
-    if valid is not None:
-        scaled = scaled.masked_fill(~valid, float("inf"))  # padding suppresses nothing
+    # padding, and a box with a NaN or infinite coordinate (whose IoU is undefined, never above
+    # the threshold for torchvision.ops.nms), suppress nothing and are suppressed by nothing
+    ignored = ~finite if valid is None else ~(finite & valid)
+    scaled = scaled.masked_fill(ignored, float("inf"))
     traced = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     if traced or boxes.device.type != "cpu":
         worst = _excess(x1, y1, x2, y2, scaled, iou_thresh, slice(None), 0, k).amax(dim=1)  # [G, K]
     else:
         rows = min(k, max(8, CPU_BLOCK_ELEMENTS // (g * k)))
-        groups = max(1, CPU_BLOCK_ELEMENTS // (rows * k))
+        groups = min(g, max(1, CPU_BLOCK_ELEMENTS // (rows * k)))
+        # one workspace for every block: a fresh 2 MiB tensor per block would be a fresh mmap
+        # (page faults) each time under glibc's default threshold, twice as slow
+        work = torch.empty(3, groups, rows, k, dtype=scaled.dtype)
         worst = torch.full((g, k), float("-inf"), dtype=scaled.dtype)
         for g0 in range(0, g, groups):
             gs = slice(g0, g0 + groups)
+            c = min(g, g0 + groups) - g0
             for r0 in range(0, k, rows):
-                block = _excess(x1, y1, x2, y2, scaled, iou_thresh, gs, r0, min(k, r0 + rows)).amax(dim=1)
+                r1 = min(k, r0 + rows)
+                block = _excess(x1, y1, x2, y2, scaled, iou_thresh, gs, r0, r1,
+                                [w[:c, : r1 - r0, : k - r0] for w in work]).amax(dim=1)
                 torch.maximum(worst[gs, r0:], block, out=worst[gs, r0:])
     keep = worst <= 0  # [G, K]
     return keep & valid if valid is not None else keep
 
 
 def _excess(x1: Tensor, y1: Tensor, x2: Tensor, y2: Tensor, scaled: Tensor, iou_thresh: float,
-            gs: slice, r0: int, r1: int) -> Tensor:
+            gs: slice, r0: int, r1: int, work: list[Tensor] | None = None) -> Tensor:
     """``inter(i, j) * (1 + t) - scaled_i - scaled_j`` for the groups ``gs``, rows ``i`` in
     ``r0..r1-1`` and columns ``j >= r0``, ``-inf`` where ``i >= j``: ``Tensor[G', r1 - r0, K - r0]``,
-    positive where box ``i`` suppresses box ``j``."""
+    positive where box ``i`` suppresses box ``j``. ``work``: three tensors of that shape to
+    compute in (the result is the first), or None to allocate."""
     i = (gs, slice(r0, r1), None)  # [G', R, 1]
     j = (gs, None, slice(r0, None))  # [G', 1, K - r0]
+    out, a, b = work if work is not None else (None, None, None)
     # clamp(a, max=b) is min(a, b) (faster than torch.minimum on a CPU); the width alone is
     # clamped at 0: a negative height then makes the product <= 0, which never suppresses
-    out = torch.clamp(x2[j], max=x2[i]).sub_(torch.clamp(x1[j], min=x1[i])).clamp_(min=0)
-    out = out.mul_(torch.clamp(y2[j], max=y2[i]).sub_(torch.clamp(y1[j], min=y1[i])))
+    out = torch.clamp(x2[j], max=x2[i], out=out)
+    out = out.sub_(torch.clamp(x1[j], min=x1[i], out=a)).clamp_(min=0)
+    out = out.mul_(torch.clamp(y2[j], max=y2[i], out=a).sub_(torch.clamp(y1[j], min=y1[i], out=b)))
     out = out.mul_(1.0 + iou_thresh).sub_(scaled[i]).sub_(scaled[j])
     n = r1 - r0
     lower = torch.ones(n, n, dtype=torch.bool, device=out.device).tril_()  # i >= j, in columns r0..r1-1

@@ -76,6 +76,38 @@ def test_fast_nms_in_blocks_equals_the_paper_definition(monkeypatch, block):
     assert torch.equal(fast_nms_matrix(table, 0.3, valid), one_block)
 
 
+def test_fast_nms_non_finite_boxes_neither_suppress_nor_are_suppressed():
+    """As ``torchvision.ops.nms`` (whose IoU with a NaN box is never above the threshold): a box
+    with a NaN or infinite coordinate is kept and removes nothing, and the rest is unchanged."""
+    boxes, scores, g = random_boxes(60, 3)
+    labels = torch.randint(0, 2, (60,), generator=g)
+    bad = boxes.clone()
+    bad[5, 0] = float("nan")
+    bad[17, 2] = float("inf")
+    bad[30] = float("-inf")
+    good = torch.ones(60, dtype=torch.bool)
+    good[[5, 17, 30]] = False
+    rest = torch.nonzero(good).flatten()
+    expected = rest[reference_fast_nms(boxes[good], scores[good], labels[good], 0.5, 200)].tolist()
+    got = fast_nms(bad, scores, labels, 0.5).tolist()
+    assert sorted(got) == sorted(expected + [5, 17, 30])
+
+
+def test_fast_nms_half_precision_boxes_as_float32():
+    """Half-precision boxes are compared in float32: areas of boxes from 256 x 256 would
+    overflow float16."""
+    boxes, scores, g = random_boxes(80, 4, size=900.0)
+    boxes = boxes.half()
+    labels = torch.randint(0, 3, (80,), generator=g)
+    expected = fast_nms(boxes.float(), scores, labels, 0.5)
+    assert torch.equal(fast_nms(boxes, scores, labels, 0.5), expected)
+    assert torch.equal(fast_nms(boxes.bfloat16().float(), scores, labels, 0.5),
+                       fast_nms(boxes.bfloat16(), scores, labels, 0.5))
+    # IoU 1/3: both kept (in float16 arithmetic the 80000-pixel intersection would be inf)
+    pair = torch.tensor([[0.0, 0, 400, 400], [200.0, 0, 600, 400]], dtype=torch.float16)
+    assert fast_nms(pair, torch.tensor([0.9, 0.8]), torch.zeros(2, dtype=torch.int64), 0.5).tolist() == [0, 1]
+
+
 def test_a_suppressed_box_still_suppresses():
     """A > B > C; B overlaps A and C, C does not overlap A. Standard NMS keeps A and C (B is
     gone before it can remove C); Fast NMS keeps only A (B still removes C)."""
