@@ -74,17 +74,18 @@ def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = Non
     # contiguous rows (a view with stride 4 runs several times slower on a CPU); float32 at least
     # (half-precision areas overflow from 256 x 256)
     coords = boxes.permute(2, 0, 1)
-    if coords.dtype in (torch.float16, torch.bfloat16):
-        coords = coords.float()
-    finite = coords.isfinite().all(dim=0)  # [G, K]
-    x1, y1, x2, y2 = torch.where(finite, coords, 0.0).contiguous().unbind(0)
-    scaled = (x2 - x1) * (y2 - y1) * iou_thresh  # [G, K]
+    coords = (coords.float() if coords.dtype in (torch.float16, torch.bfloat16) else coords).contiguous()
+    x1, y1, x2, y2 = coords.unbind(0)
+    scaled = (x2 - x1) * (y2 - y1) * iou_thresh  # [G, K]; NaN or inf iff a coordinate is not finite
     # padding, and a box with a NaN or infinite coordinate (whose IoU is undefined, never above
     # the threshold for torchvision.ops.nms), suppress nothing and are suppressed by nothing
-    ignored = ~finite if valid is None else ~(finite & valid)
-    scaled = scaled.masked_fill(ignored, float("inf"))
-    traced = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    if traced or boxes.device.type != "cpu":
+    finite = scaled.isfinite()
+    scaled = scaled.masked_fill(~finite if valid is None else ~(finite & valid), float("inf"))
+    # one block on CUDA and when traced (few launches, a static graph, no host sync), blocks on a CPU
+    one_block = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or boxes.device.type != "cpu"
+    if one_block or not bool(finite.all()):  # (on a CPU, where the check is free: only if needed)
+        x1, y1, x2, y2 = torch.where(finite, coords, 0.0).unbind(0)
+    if one_block:
         worst = _excess(x1, y1, x2, y2, scaled, iou_thresh, slice(None), 0, k).amax(dim=1)  # [G, K]
     else:
         rows = min(k, max(8, CPU_BLOCK_ELEMENTS // (g * k)))
