@@ -55,7 +55,9 @@ def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = Non
 
     On a CPU the pairs are taken in blocks of rows (``CPU_BLOCK_ELEMENTS``) and only those with
     ``i <= j``, about half of them; on other devices, and when traced or exported, in one block
-    (few kernel launches, a static graph). The result is the same.
+    (few kernel launches, a static graph). The result is the same. A box with a NaN or infinite
+    coordinate is kept and suppresses nothing, as with ``torchvision.ops.nms``; half-precision
+    boxes are compared in float32.
 
     Args:
         boxes: ``Tensor[G, K, 4]`` x1y1x2y2, row ``g`` holding one class's boxes, best first.
