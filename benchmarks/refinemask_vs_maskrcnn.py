@@ -280,8 +280,8 @@ def main() -> None:
     # first, so that its figure is printed even if the training run is cut short: it needs no training
     paper = None if args.skip_paper_timing else paper_setting_times(args, device)
     if paper:
-        print(f"paper setting ({args.timing_size[0]}x{args.timing_size[1]} image, 100 detections, random "
-              f"weights): RefineMask "
+        h, w = args.timing_size
+        print(f"paper setting ({h}x{w} image, 100 detections, random weights): RefineMask "
               f"{paper['refinemask']:.4f} s, Mask R-CNN {paper['maskrcnn']:.4f} s, infer_time_ratio "
               f"{paper['refinemask'] / paper['maskrcnn']:.3f}", flush=True)
 

@@ -296,9 +296,9 @@ def main() -> None:
 
     structural = None
     if args.structural_depth:
-        # the same three networks at another depth, untrained, first (it needs no training, and its
-        # figure is then printed even if the run is cut short) (random init, the same for all):
-        # none has a detection above 0.6, so this times the structure alone
+        # the same three networks at another depth, untrained (random init, the same for all):
+        # none has a detection above 0.6, so this times the structure alone; first, as it needs no
+        # training, so that a run cut short still prints it
         other = argparse.Namespace(**{**vars(args), "depth": args.structural_depth})
         upsnet_d = build_upsnet(other, info).to(device)
         mrcnn_d, deeplab_d = build_peers(other, info, upsnet_d)
