@@ -69,6 +69,11 @@ def fast_nms_matrix(boxes: Tensor, iou_thresh: float, valid: Tensor | None = Non
     Returns:
         ``Tensor[G, K]`` bool: kept.
     """
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or (valid is not None and valid.shape != boxes.shape[:2]):
+        raise ValueError(
+            f"fast_nms_matrix expects boxes Tensor[G, K, 4] (and valid Tensor[G, K]), got "
+            f"{tuple(boxes.shape)}" + ("" if valid is None else f" and {tuple(valid.shape)}")
+        )
     g, k = boxes.shape[:2]
     if k == 0 or g == 0:
         return torch.zeros(boxes.shape[:2], dtype=torch.bool, device=boxes.device)

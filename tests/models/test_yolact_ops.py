@@ -76,6 +76,27 @@ def test_fast_nms_in_blocks_equals_the_paper_definition(monkeypatch, block):
     assert torch.equal(fast_nms_matrix(table, 0.3, valid), one_block)
 
 
+def test_fast_nms_one_block_path_equals_the_paper_definition(monkeypatch):
+    """The form CUDA and export use (one block, no workspace, coordinates always sanitised),
+    run on a CPU by pretending to export: the same result as the reference and the blocks."""
+    boxes, scores, g = random_boxes(300, 12, size=60.0)
+    labels = torch.randint(0, 9, (300,), generator=g)
+    bad = boxes.clone()
+    bad[7, 1] = float("nan")
+    blocked = fast_nms(bad, scores, labels, 0.5, top_k=40)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert torch.equal(fast_nms(bad, scores, labels, 0.5, top_k=40), blocked)
+    assert torch.equal(fast_nms(boxes, scores, labels, 0.5, top_k=40),
+                       reference_fast_nms(boxes, scores, labels, 0.5, 40))
+
+
+def test_fast_nms_matrix_names_misshapen_inputs():
+    with pytest.raises(ValueError, match=r"Tensor\[G, K, 4\].*\(5, 4\)"):
+        fast_nms_matrix(torch.zeros(5, 4), 0.5)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\) and \(2, 4\)"):
+        fast_nms_matrix(torch.zeros(2, 3, 4), 0.5, torch.ones(2, 4, dtype=torch.bool))
+
+
 def test_fast_nms_non_finite_boxes_neither_suppress_nor_are_suppressed():
     """As ``torchvision.ops.nms`` (whose IoU with a NaN box is never above the threshold): a box
     with a NaN or infinite coordinate is kept and removes nothing, and the rest is unchanged."""
