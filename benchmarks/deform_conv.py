@@ -9,7 +9,9 @@ of the networks that use the layer:
 
 * ``upsnet_p2`` / ``upsnet_p3``: UPSNet's semantic head (128 channels, DCNv1) at P2 / P3 of
   ``benchmarks/upsnet.py``'s 128 x 160 images, one image (inference) and the batch of 4;
-* ``yolactpp_c5``: a YOLACT++ backbone block (DCNv2, 512 channels) at C5 of a 550 x 550 image.
+* ``yolactpp_c5``: a YOLACT++ backbone block (DCNv2, 512 channels) at C5 of a 550 x 550 image;
+* ``upsnet_coco_p3``: UPSNet's first semantic layer (256 channels) at P3 of an 800 x 1216 COCO
+  image (the paper's setting; at this size the forward runs in blocks of output pixels).
 
 The two are interleaved, their order rotating each repeat, and medians are reported.
 
@@ -40,6 +42,7 @@ CASES = {
     "upsnet_p2_batch4": (4, 128, 32, 40, False),
     "upsnet_p3": (1, 128, 16, 20, False),
     "yolactpp_c5": (1, 512, 18, 18, True),
+    "upsnet_coco_p3": (1, 256, 100, 152, False),
 }
 
 

@@ -28,6 +28,14 @@ cost of one panoptic network against two single-task ones (issue #14).
    again at the paper's depth (``--structural-depth``), untrained (no detection passes 0.6 in
    any of them): the cost of the structure alone, one backbone and a semantic head against two
    backbones.
+3. **Cost in the paper's setting** (first, as it needs no training):
+   ``time_ratio_vs_two_models_paper_setting`` is the same ratio for the COCO experiments'
+   networks (``upsnet_r50_fpn_coco_1x.yaml``; ``mask_rcnn_r50_fpn_coco_1x.yaml`` with its
+   weights; DeepLab v3+ R50 over COCO panoptic's 133 classes), random weights, on one image of
+   ``--timing-size`` (800 x 1216), with exactly ``n`` detections on both sides for each ``n``
+   of ``--paper-detections`` (score thresholds 0, so that both sides' detection post-processing
+   ranks all 80 000 (RoI, class) pairs; none of UPSNet's removed as covered, the most work its
+   panoptic head can have for ``n`` instances).
 
 The networks are those of ``experiments/upsnet_r50_fpn_shapes_24e.yaml``,
 ``mask_rcnn_r50_fpn_shapes_24e.yaml`` and ``deeplabv3plus_r50_shapes_30e.yaml`` (what ``lseg
@@ -44,6 +52,7 @@ Usage::
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt   # ... and score / time it again
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --fusion-ablation   # + test-time head variants
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --max-objects 16   # on a more crowded world
+    python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --paper-detections  # without the paper setting
 
 Prints a table, then one JSON object as the last line.
 """
@@ -159,20 +168,36 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def time_inference(upsnet, mrcnn, deeplab, loader, info, device, num_images, repeats):
-    """Median per-image seconds of each system, interleaved (the order rotates per image).
+def single_images(loader, num_images: int, device) -> list[Batch]:
+    """The loader's first ``num_images`` images, each as a batch of one (the timing's input)."""
+    images = []
+    for batch in loader:
+        for i in range(len(batch)):
+            h, w = batch.image_sizes[i]
+            images.append(Batch.from_images([batch.images[i, :, :h, :w]], size_divisibility=32).to(device))
+        if len(images) >= num_images:
+            break
+    return images[:num_images]
 
-    ``mrcnn`` runs twice: with its box head's score threshold set to the panoptic threshold
-    (0.6: the detections a merge would use) and with its own default (0.05, for COCO AP).
+
+@torch.no_grad()
+def time_inference(upsnet, mrcnn, deeplab, images, info, device, repeats, default_thresh_too=True):
+    """Median per-image seconds of each system on ``images`` (batches of one), interleaved (the
+    order rotates per image).
+
+    ``mrcnn`` runs with its box head's score threshold set to the panoptic threshold (0.6: the
+    detections a merge would use) and, with ``default_thresh_too``, again with its own default
+    (0.05, for COCO AP).
     """
     for m in (upsnet, mrcnn, deeplab):
         m.eval()
-    merge = HeuristicPanopticMerge(info.thing_classes, info.stuff_classes,
-                                   stuff_area_limit=upsnet.panoptic_head.stuff_area_limit)
+    head = upsnet.panoptic_head
+    merge = HeuristicPanopticMerge(info.thing_classes, info.stuff_classes, score_thresh=head.score_thresh,
+                                   overlap_thresh=head.mask_overlap_thresh,
+                                   stuff_area_limit=head.stuff_area_limit)
     things = torch.tensor(info.thing_classes, device=device)
     default_thresh = mrcnn.box_head.score_thresh
-    panoptic_thresh = upsnet.panoptic_head.score_thresh
+    panoptic_thresh = head.score_thresh
     outputs: dict[str, object] = {}
 
     def run_mrcnn(batch, thresh):
@@ -190,19 +215,13 @@ def time_inference(upsnet, mrcnn, deeplab, loader, info, device, num_images, rep
         "deeplab": lambda b: outputs.__setitem__("deeplab", deeplab(b)),
         "mrcnn": lambda b: run_mrcnn(b, panoptic_thresh),  # last: the merge uses its output
     }
-    images = []
-    for batch in loader:
-        for i in range(len(batch)):
-            h, w = batch.image_sizes[i]
-            images.append(Batch.from_images([batch.images[i, :, :h, :w]], size_divisibility=32).to(device))
-        if len(images) >= num_images:
-            break
-    images = images[:num_images]
+    if not default_thresh_too:
+        del systems["mrcnn_default"]
     for system in systems.values():  # warm-up
         system(images[0])
     times: dict[str, list[float]] = {name: [] for name in [*systems, "merge"]}
     detections = []
-    names = list(systems)[:3]
+    names = [name for name in systems if name != "mrcnn"]
     for r in range(repeats):
         for j, batch in enumerate(images):
             k = (r + j) % len(names)
@@ -222,6 +241,54 @@ def time_inference(upsnet, mrcnn, deeplab, loader, info, device, num_images, rep
     out = {k: statistics.median(v) for k, v in times.items()}
     out["detections"] = statistics.mean(detections)
     return out
+
+
+@torch.no_grad()
+def paper_setting_times(args, device) -> dict[int, dict[str, float]]:
+    """The cost comparison in the paper's setting, for each count in ``--paper-detections``: the
+    COCO experiments' R50-FPN networks at the paper's widths (``upsnet_r50_fpn_coco_1x.yaml``,
+    ``mask_rcnn_r50_fpn_coco_1x.yaml`` with UPSNet's weights for its parts, and a DeepLab v3+ R50
+    over COCO panoptic's 133 classes), random weights, on one ``--timing-size`` image.
+
+    Both instance sides make exactly ``n`` detections (score thresholds 0), and every one of
+    UPSNet's reaches its panoptic logits (``mask_overlap_thresh`` 1: none removed as covered),
+    the most work its head can have for ``n`` instances."""
+    from lightning_seg.cli import build_experiment
+    from lightning_seg.models.detectors.deeplab import deeplabv3plus_resnet50
+
+    no_weights = f"{NET}.backbone.init_args.weights=null"
+    task, data = build_experiment(REPO / "experiments" / "upsnet_r50_fpn_coco_1x.yaml",
+                                  "--seed_everything=0", no_weights)
+    upsnet, info = task.model.to(device), data.info
+    task, _ = build_experiment(REPO / "experiments" / "mask_rcnn_r50_fpn_coco_1x.yaml", no_weights)
+    mrcnn = task.model
+    mrcnn.load_state_dict({k: v for k, v in upsnet.state_dict().items() if not k.startswith("semantic_head.")})
+    deeplab = deeplabv3plus_resnet50(info.num_classes).to(device)
+    head = upsnet.panoptic_head
+    head.score_thresh = mrcnn.box_head.score_thresh = 0.0
+    head.mask_overlap_thresh = 1.0
+    fused = []
+    hook = upsnet.mask_head.register_forward_hook(lambda m, inputs, out: fused.append(sum(map(len, inputs[1]))))
+    h, w = args.timing_size
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+    images = [Batch.from_images([image], size_divisibility=32).to(device)]
+    results = {}
+    for n in args.paper_detections:
+        head.detections_per_img = mrcnn.box_head.detections_per_img = n
+        fused.clear()
+        t = time_inference(upsnet, mrcnn.to(device), deeplab, images, info, device, args.timing_repeats,
+                           default_thresh_too=False)
+        if set(fused) != {n} or t["detections"] != n:
+            raise RuntimeError(f"expected {n} detections on both sides, got UPSNet {sorted(set(fused))}, "
+                               f"Mask R-CNN {t['detections']}")
+        results[n] = t
+        two = t["mrcnn"] + t["deeplab"]
+        print(f"paper setting (R50-FPN, {h} x {w}, {n} detections): UPSNet {1000 * t['upsnet']:.0f} ms; "
+              f"Mask R-CNN {1000 * t['mrcnn']:.0f} + DeepLab v3+ {1000 * t['deeplab']:.0f} = "
+              f"{1000 * two:.0f} ms (+ merge {1000 * t['merge']:.0f} ms); ratio {t['upsnet'] / two:.3f}",
+              flush=True)
+    hook.remove()
+    return results
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -260,6 +327,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--structural-depth", type=int, default=50, choices=(0, 18, 34, 50, 101),
                         help="also time the three networks untrained at this depth (0: no)")
     parser.add_argument("--timing-repeats", type=int, default=3)
+    parser.add_argument("--paper-detections", type=int, nargs="*", default=[10, 100],
+                        help="detection counts of the paper-setting timing (none: skip it)")
+    parser.add_argument("--timing-size", type=int, nargs=2, default=(800, 1216),
+                        help="image of the paper-setting timing (COCO: shorter side 800)")
     parser.add_argument("--fusion-ablation", action="store_true",
                         help="also re-score the trained network with the panoptic head changed at test: "
                              "without the unknown channel, and with the mask logits weighted 2")
@@ -279,6 +350,9 @@ def main() -> None:
                  "max_objects"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if any(n < 1 for n in args.paper_detections) or min(args.timing_size) < 32:
+        parser.error(f"--paper-detections must be at least 1 and --timing-size at least 32 px, got "
+                     f"{args.paper_detections} and {args.timing_size}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -294,17 +368,18 @@ def main() -> None:
     dm.setup("fit")
     info = dm.info
 
+    # the timings that need no training come first, so that a run cut short still prints them
+    paper = paper_setting_times(args, device) if args.paper_detections else {}
     structural = None
     if args.structural_depth:
         # the same three networks at another depth, untrained (random init, the same for all):
-        # none has a detection above 0.6, so this times the structure alone; first, as it needs no
-        # training, so that a run cut short still prints it
+        # none has a detection above 0.6, so this times the structure alone
         other = argparse.Namespace(**{**vars(args), "depth": args.structural_depth})
         upsnet_d = build_upsnet(other, info).to(device)
         mrcnn_d, deeplab_d = build_peers(other, info, upsnet_d)
         structural = time_inference(upsnet_d, mrcnn_d.to(device), deeplab_d.to(device),
-                                    dm.val_dataloader(), info, device, args.timing_images,
-                                    args.timing_repeats)
+                                    single_images(dm.val_dataloader(), args.timing_images, device),
+                                    info, device, args.timing_repeats)
         del upsnet_d, mrcnn_d, deeplab_d
         two_d = structural["mrcnn"] + structural["deeplab"]
         print(f"untrained, depth {args.structural_depth}: UPSNet {1000 * structural['upsnet']:.1f} ms; "
@@ -385,8 +460,8 @@ def main() -> None:
     mrcnn, deeplab = build_peers(args, info, model)
     mrcnn.to(device)
     deeplab.to(device)
-    t = time_inference(model, mrcnn, deeplab, dm.val_dataloader(), info, device,
-                       args.timing_images, args.timing_repeats)
+    t = time_inference(model, mrcnn, deeplab, single_images(dm.val_dataloader(), args.timing_images, device),
+                       info, device, args.timing_repeats)
     two = t["mrcnn"] + t["deeplab"]
 
     columns = ("pq", "pq_th", "pq_st", "sq", "rq", "sq_th", "rq_th")
@@ -419,6 +494,10 @@ def main() -> None:
             t["upsnet"] / (t["mrcnn_default"] + t["deeplab"]), 4),
         f"time_ratio_vs_two_models_untrained_r{args.structural_depth}": None if structural is None
         else round(structural["upsnet"] / (structural["mrcnn"] + structural["deeplab"]), 4),
+        "time_ratio_vs_two_models_paper_setting": {
+            str(n): round(t_n["upsnet"] / (t_n["mrcnn"] + t_n["deeplab"]), 4) for n, t_n in paper.items()},
+        "ms_paper_setting": {str(n): {k: round(1000 * t_n[k], 1) for k in ("upsnet", "mrcnn", "deeplab", "merge")}
+                             for n, t_n in paper.items()},
         "pq_upsnet": round(pq_upsnet["pq"], 4),
         "pq_th_upsnet": round(pq_upsnet["pq_th"], 4),
         "pq_st_upsnet": round(pq_upsnet["pq_st"], 4),

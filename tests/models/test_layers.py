@@ -136,6 +136,33 @@ def test_sampled_deform_conv_equals_torchvision(stride, padding, dilation, group
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("offset_groups,modulated,block",
+                         [(1, False, 7), (2, True, 7), (1, True, 1), (1, False, 10**6)])
+def test_sampled_deform_conv_in_blocks_equals_torchvision(monkeypatch, offset_groups, modulated, block):
+    """Without gradients on a CPU the gather and the product run in blocks of output pixels (here
+    7 pixels: blocks that straddle rows and images, a short last one; 1 pixel; one block): the
+    same outputs as torchvision's kernel, in float64 and in float32."""
+    from torchvision.ops import deform_conv2d
+
+    import lightning_seg.layers.deform as deform
+
+    monkeypatch.setattr(deform, "CPU_BLOCK_ELEMENTS", block * 9 * 4)  # K C = 9 x 4 per pixel
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 11, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(6, generator=g, dtype=torch.float64)
+    offset = 3 * torch.randn(2, 2 * offset_groups * 9, 9, 11, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, offset_groups * 9, 9, 11, generator=g, dtype=torch.float64) if modulated else None
+    args = (1, 1), (1, 1), (1, 1)
+    ref = deform_conv2d(x, offset, weight, bias, *args, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(deform.deform_conv2d_sampled(x, offset, weight, bias, *args, mask), ref)
+        f32 = [t if t is None else t.float() for t in (x, offset, weight, bias, mask)]
+        out = deform.deform_conv2d_sampled(*f32[:4], *args, f32[4])
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.float(), atol=1e-4, rtol=1e-4)
+
+
 def test_sampled_deform_conv_nan_offsets_give_nan_not_a_crash():
     """A diverged network's NaN offsets reach the loss as NaN (which training can skip), not as an
     index error from the gather."""

@@ -137,6 +137,26 @@ def test_unknown_is_optional_and_empty_instances_use_the_constant():
     assert plain.shape == (1, H, W)
 
 
+@pytest.mark.parametrize("things", [[1, 2, 4], [3, 4, 5]])
+@pytest.mark.parametrize("with_unknown,weight,n", [(True, 1.0, 5), (False, 2.0, 5), (True, 2.0, 1), (True, 1.0, 0)])
+def test_panoptic_logits_at_inference_equal_the_differentiable_form(things, with_unknown, weight, n):
+    """At inference the logits are built box by box (no [N, H, W] copies); they equal the
+    differentiable form used in training exactly, with boxes partly or wholly outside the image,
+    overlapping boxes, thing channels in one range or not."""
+    g = torch.Generator().manual_seed(n)
+    stuff = [c for c in range(6) if c not in things]
+    sem = torch.randn(6, 9, 13, generator=g)
+    extents = torch.tensor([[-3, -2, 5, 4], [2, 1, 11, 9], [10, 6, 20, 15], [13, 0, 16, 3], [4, 3, 5, 4]])[:n]
+    labels = torch.tensor(things)[torch.randint(3, (n,), generator=g)]
+    pasted = paste_mask_logits(torch.randn(n, 4, 4, generator=g), extents, (9, 13))
+    fast = upsnet_panoptic_logits(sem, extents, labels, pasted, stuff, things, with_unknown,
+                                  mask_logit_weight=weight)
+    reference = upsnet_panoptic_logits(sem.clone().requires_grad_(), extents, labels, pasted, stuff,
+                                       things, with_unknown, mask_logit_weight=weight)
+    assert reference.requires_grad and not fast.requires_grad
+    assert torch.equal(fast, reference.detach())
+
+
 def test_targets_dropped_instance_pixels_are_unknown_not_a_neighbour():
     # semantic: ground row 3, void at (3, 6); cat region cols 0-1, dog region cols 2-5, a crowd
     # of dogs at col 6 (no instance); only the cat is kept
