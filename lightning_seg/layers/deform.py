@@ -109,12 +109,12 @@ def deform_conv2d_sampled(
              + low[..., 1]) * g + torch.arange(g, device=x.device)  # [B, H', W', K, G]
     rows = start[..., None, None] + torch.tensor([[0, g], [wp * g, (wp + 1) * g]], device=x.device)
     rows, weights = rows.reshape(-1, 4), weights.reshape(-1, 4)
-    if groups == 1:
+    pixels = b * ho * wo
+    if groups == 1 and ho * wo:
         # the product [B H' W', K C] x [K C, O] as a 1x1 convolution over the im2col matrix read
         # as a channels-last image of K C channels (no copy): oneDNN's kernels instead of the
         # BLAS sgemm, 2-2.7x faster on an AMD EPYC (MKL's sgemm takes a slower path there)
         wmat = weight.view(o, c, k).transpose(1, 2).reshape(o, k * c, 1, 1)
-        pixels = b * ho * wo
         grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, offset, weight, bias, mask))
         block = pixels if grad or x.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // (k * c))

@@ -163,6 +163,19 @@ def test_sampled_deform_conv_in_blocks_equals_torchvision(monkeypatch, offset_gr
     torch.testing.assert_close(out, ref.float(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 6, 6), (1, 4, 0, 6), (2, 4, 6, 0)])
+def test_sampled_deform_conv_of_an_empty_map_is_empty(shape):
+    """An empty batch or a map without pixels gives an empty output, with or without gradients."""
+    from lightning_seg.layers.deform import deform_conv2d_sampled
+
+    b, _, h, w = shape
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out = deform_conv2d_sampled(torch.randn(*shape, requires_grad=grad), torch.zeros(b, 18, h, w),
+                                        torch.randn(5, 4, 3, 3), padding=(1, 1))
+        assert out.shape == (b, 5, h, w)
+
+
 def test_sampled_deform_conv_nan_offsets_give_nan_not_a_crash():
     """A diverged network's NaN offsets reach the loss as NaN (which training can skip), not as an
     index error from the gather."""
