@@ -124,6 +124,9 @@ def upsnet_panoptic_logits(
       with no instance the official code uses a constant ``empty_instance_logit`` for
       ``max_i Y_i``.
 
+    Without gradients (inference) the same values are computed box by box, without ``[N, H, W]``
+    copies of the semantic logits and box masks; with them, in the differentiable form above.
+
     Args:
         semantic: ``Tensor[K, H, W]`` semantic logits (dataset class order).
         extents: ``Tensor[N, 4]`` int64 box extents in this frame (``box_extents``).
