@@ -34,8 +34,11 @@ def _runs(path: Path) -> list[tuple[str, object]]:
 
 
 def test_the_three_ablations_exist_with_their_cpu_budget_twins():
+    """Each ablation has a paper-setting sweep and a CPU-budget twin; the panoptic-head twin also
+    has a second-seed file (the two seeds are reported as one table)."""
     names = ["upsnet_deformable", "upsnet_panoptic_head", "upsnet_unknown_class"]
-    assert [p.stem for p in SWEEPS] == sorted(names + [f"{n}_shapes_cpu" for n in names])
+    expected = names + [f"{n}_shapes_cpu" for n in names] + ["upsnet_panoptic_head_shapes_cpu_seeds"]
+    assert [p.stem for p in SWEEPS] == sorted(expected)
 
 
 def test_the_cpu_experiment_is_the_benchmarks_network_and_schedule(monkeypatch):
