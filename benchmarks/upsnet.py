@@ -339,8 +339,21 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save", type=Path, default=None,
                         help="write the trained network's state dict here (to re-score it with --load)")
     parser.add_argument("--load", type=Path, default=None,
-                        help="skip training: score and time the network saved by --save")
+                        help="skip training: score and time the network saved by --save, or the "
+                             "network of an `lseg fit` checkpoint of upsnet_r18_fpn_shapes_cpu.yaml "
+                             "(its data seed is 0: score it with --seed 0)")
     return parser
+
+
+def lightning_checkpoint_as_saved(saved: dict) -> dict:
+    """A Lightning checkpoint (``lseg fit``'s ``*.ckpt``) in the ``--save`` format: the
+    network's weights (the task's ``model.`` entries), its steps and its finished epochs; any
+    other dict unchanged."""
+    if not {"state_dict", "global_step", "epoch"} <= saved.keys():
+        return saved
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)}
+    return {"state_dict": weights, "steps": saved["global_step"], "epochs": saved["epoch"] + 1}
 
 
 def main() -> None:
@@ -397,8 +410,10 @@ def main() -> None:
         from lightning_seg.models.weights import load_checkpoint_file
 
         saved = load_checkpoint_file(args.load, "--load")  # names the file when missing / unreadable
+        saved = lightning_checkpoint_as_saved(saved)
         if not {"state_dict", "steps", "epochs"} <= saved.keys():
-            raise SystemExit(f"--load {args.load}: not a file written by --save (keys {sorted(saved)[:5]})")
+            raise SystemExit(f"--load {args.load}: neither a file written by --save nor a Lightning "
+                             f"checkpoint (keys {sorted(saved)[:5]})")
         model.load_state_dict(saved["state_dict"])  # a different --depth / widths: torch names the keys
         step = args.steps = saved["steps"]
         epoch = saved["epochs"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_seg.cli import main
@@ -35,9 +36,11 @@ def _runs(path: Path) -> list[tuple[str, object]]:
 
 def test_the_three_ablations_exist_with_their_cpu_budget_twins():
     """Each ablation has a paper-setting sweep and a CPU-budget twin; the panoptic-head twin also
-    has a second-seed file (the two seeds are reported as one table)."""
+    has a second-seed file (the two seeds are reported as one table), and the panoptic loss's
+    weight a CPU-budget sweep."""
     names = ["upsnet_deformable", "upsnet_panoptic_head", "upsnet_unknown_class"]
-    expected = names + [f"{n}_shapes_cpu" for n in names] + ["upsnet_panoptic_head_shapes_cpu_seeds"]
+    expected = names + [f"{n}_shapes_cpu" for n in names] + [
+        "upsnet_panoptic_head_shapes_cpu_seeds", "upsnet_panoptic_loss_weight_shapes_cpu"]
     assert [p.stem for p in SWEEPS] == sorted(expected)
 
 
@@ -72,6 +75,16 @@ def test_the_cpu_experiment_is_the_benchmarks_network_and_schedule(monkeypatch):
     trainer = yaml.safe_load((REPO / "experiments" / "upsnet_r18_fpn_shapes_cpu.yaml").read_text())["trainer"]
     assert trainer["gradient_clip_val"] == bench.CLIP_NORM
     assert trainer["max_epochs"] * args.num_train // args.batch_size == steps
+    assert data.seed == 0  # what the docs tell --load users to pass as --seed
+
+    # --load takes the experiment's Lightning checkpoint: its network's weights, steps and epochs
+    ckpt = {"state_dict": task.state_dict(), "global_step": 1024, "epoch": 7, "loops": {}}
+    saved = bench.lightning_checkpoint_as_saved(ckpt)
+    assert (saved["steps"], saved["epochs"]) == (1024, 8)
+    bench_net.load_state_dict(saved["state_dict"])  # strict: every key, none left over
+    assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in bench_net.state_dict().items())
+    assert bench.lightning_checkpoint_as_saved({"state_dict": {}, "steps": 1, "epochs": 1}) == {
+        "state_dict": {}, "steps": 1, "epochs": 1}  # a --save file passes unchanged
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
@@ -85,8 +98,12 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
             assert type(net.panoptic_head).__name__ == value.rsplit(".", 1)[1]
         elif name.endswith("box_keep_fraction"):
             assert net.panoptic_head.with_unknown == (value < 1)
-        else:
+        elif name.endswith("panoptic_head.init_args.loss_weight"):
+            assert net.panoptic_head.loss_weight == value
+        elif name.endswith("semantic_head.init_args.deformable"):
             assert any(isinstance(m, DeformConv2d) for m in net.semantic_head.modules()) == value
+        else:
+            assert name == "seed_everything", f"{path.name}: no check for {name}"
 
 
 def test_the_builder_equals_the_coco_experiment(monkeypatch):
