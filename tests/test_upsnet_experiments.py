@@ -34,7 +34,7 @@ def _runs(path: Path) -> list[tuple[str, object]]:
     return [(name, value) for name, spec in sweep["parameters"].items() for value in spec["values"]]
 
 
-def test_the_three_ablations_exist_with_their_cpu_budget_twins():
+def test_the_ablation_sweeps_exist_with_their_cpu_budget_twins():
     """Each ablation has a paper-setting sweep and a CPU-budget twin; the panoptic-head twin also
     has a second-seed file (the two seeds are reported as one table), and the panoptic loss's
     weight a CPU-budget sweep."""
