@@ -347,12 +347,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 def lightning_checkpoint_as_saved(saved: dict) -> dict:
     """A Lightning checkpoint (``lseg fit``'s ``*.ckpt``) in the ``--save`` format: the
-    network's weights (the task's ``model.`` entries), its steps and its finished epochs; any
-    other dict unchanged."""
+    network's weights (the task's ``model.`` entries, the network ``unwrap_network`` returns),
+    its steps and its finished epochs; any other dict unchanged.
+
+    Raises:
+        ValueError: a Lightning checkpoint without network weights.
+    """
     if not {"state_dict", "global_step", "epoch"} <= saved.keys():
         return saved
     prefix = "model."
     weights = {k[len(prefix):]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"a Lightning checkpoint without network weights (no '{prefix}*' entry among "
+                         f"{len(saved['state_dict'])}: {sorted(saved['state_dict'])[:3]})")
     return {"state_dict": weights, "steps": saved["global_step"], "epochs": saved["epoch"] + 1}
 
 
@@ -410,11 +417,20 @@ def main() -> None:
         from lightning_seg.models.weights import load_checkpoint_file
 
         saved = load_checkpoint_file(args.load, "--load")  # names the file when missing / unreadable
-        saved = lightning_checkpoint_as_saved(saved)
+        try:
+            saved = lightning_checkpoint_as_saved(saved)
+        except ValueError as exc:
+            raise SystemExit(f"--load {args.load}: {exc}") from exc
         if not {"state_dict", "steps", "epochs"} <= saved.keys():
             raise SystemExit(f"--load {args.load}: neither a file written by --save nor a Lightning "
                              f"checkpoint (keys {sorted(saved)[:5]})")
-        model.load_state_dict(saved["state_dict"])  # a different --depth / widths: torch names the keys
+        try:
+            model.load_state_dict(saved["state_dict"])
+        except RuntimeError as exc:  # another experiment's network, or other --depth / widths
+            raise SystemExit(f"--load {args.load}: its weights do not fit the benchmark's network "
+                             f"(--depth {args.depth} and the width flags must be those it was trained "
+                             f"with; an lseg fit checkpoint must be of "
+                             f"experiments/upsnet_r18_fpn_shapes_cpu.yaml): {str(exc)[:400]}") from exc
         step = args.steps = saved["steps"]
         epoch = saved["epochs"]
         print(f"loaded {args.load} (trained {step} steps, {epoch} epochs); training skipped")

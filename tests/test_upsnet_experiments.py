@@ -78,13 +78,20 @@ def test_the_cpu_experiment_is_the_benchmarks_network_and_schedule(monkeypatch):
     assert data.seed == 0  # what the docs tell --load users to pass as --seed
 
     # --load takes the experiment's Lightning checkpoint: its network's weights, steps and epochs
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(1.0)  # weights the benchmark's network cannot have from its own init
     ckpt = {"state_dict": task.state_dict(), "global_step": 1024, "epoch": 7, "loops": {}}
     saved = bench.lightning_checkpoint_as_saved(ckpt)
     assert (saved["steps"], saved["epochs"]) == (1024, 8)
+    assert not all(torch.equal(v, task.model.state_dict()[k]) for k, v in bench_net.state_dict().items())
     bench_net.load_state_dict(saved["state_dict"])  # strict: every key, none left over
     assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in bench_net.state_dict().items())
     assert bench.lightning_checkpoint_as_saved({"state_dict": {}, "steps": 1, "epochs": 1}) == {
         "state_dict": {}, "steps": 1, "epochs": 1}  # a --save file passes unchanged
+    with pytest.raises(ValueError, match="without network weights"):
+        bench.lightning_checkpoint_as_saved({"state_dict": {"other.w": torch.ones(1)}, "global_step": 1,
+                                             "epoch": 0})
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
