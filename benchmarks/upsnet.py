@@ -12,6 +12,9 @@ cost of one panoptic network against two single-task ones (issue #14).
    images alone makes; the spread over training seeds takes runs with other ``--seed``.
    ``--fusion-ablation`` re-scores the network with the head changed at test only: without
    its unknown channel, and with the mask logits weighted 2 against the semantic channel.
+   ``--outline`` measures where the thing outlines come from: for each ground-truth thing with
+   a detection, the IoU of what the mask logits, the semantic head and the panoptic head's sum of
+   the two draw inside the detection's box (``part_outlines``), by thing size.
 2. **Cost**: per-image inference time (batch 1, interleaved, medians) of UPSNet producing its
    panoptic output, against our Mask R-CNN plus our DeepLab v3+ (same ResNet depth, output
    stride 16) run one after the other, as a two-network panoptic system would.
@@ -53,6 +56,7 @@ Usage::
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --fusion-ablation   # + test-time head variants
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --max-objects 16   # on a more crowded world
     python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --paper-detections  # without the paper setting
+    python benchmarks/upsnet.py --load outputs/upsnet_bench.pt --outline   # what each part draws
 
 Prints a table, then one JSON object as the last line.
 """
@@ -68,12 +72,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
 from lightning_seg.data.transforms import TrainTransform
 from lightning_seg.metrics.panoptic import PanopticCounts, panoptic_counts, pq_from_counts
 from lightning_seg.models.heads import HeuristicPanopticMerge
+from lightning_seg.models.postprocess.panoptic import box_extents, box_masks, paste_mask_logits
+from lightning_seg.ops.boxes import box_iou
 from lightning_seg.optim import WarmupMultiStepLR
 from lightning_seg.structures import Batch
 
@@ -161,6 +167,101 @@ def bootstrap_pq_gain(a: list[PanopticCounts], b: list[PanopticCounts], info, sa
         gains.append(pq[0] - pq[1])
     lo, hi = torch.tensor(gains, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))
     return float(lo), float(hi)
+
+
+OUTLINE_PARTS = ("mask", "semantic", "semantic_class", "panoptic")
+OUTLINE_BINS = ((0, 12), (12, 20), (20, 32), (32, None))  # sqrt(area) in pixels: 3, 5, 8 semantic strides
+
+
+def part_outlines(semantic: Tensor, detections, mask_logits: Tensor, target, stuff_classes, thing_classes,
+                  mask_logit_weight: float = 1.0, with_unknown: bool = True) -> list[tuple[float, dict[str, float]]]:
+    """What each part of UPSNet's panoptic head draws for the things of one image.
+
+    For every ground-truth thing (not crowd) whose class has a detection with a box IoU of at
+    least 0.5 (the best such detection), the IoU with the thing's mask of the pixels inside that
+    detection's box (``box_extents``, as the panoptic head) where
+
+    * ``mask``: its pasted mask logits are above 0 (the mask the heuristic merge pastes);
+    * ``semantic``: the semantic head's best thing logit is above its best stuff logit (any
+      thing class: the semantic head's outline of things against stuff);
+    * ``semantic_class``: the semantic arg-max is the detection's class;
+    * ``panoptic``: the instance's panoptic logit ``Y + w X`` is above every stuff logit and,
+      with the unknown class, above the unknown logit of this box alone (``max thing logit - Y``):
+      the panoptic head's outline against stuff, other instances left out.
+
+    Args:
+        semantic: ``Tensor[K, H, W]`` semantic logits at input resolution (what the head gets).
+        detections: ``InstancePredictions`` of the head (labels in dataset classes).
+        mask_logits: ``Tensor[N, M, M]`` each detection's own-class mask logits.
+        target: the image's ``PanopticTargets``, at the same ``(H, W)``.
+        stuff_classes, thing_classes: dataset class indices.
+        mask_logit_weight, with_unknown: the head's settings.
+
+    Returns:
+        one ``(sqrt(area), {part: IoU})`` per matched thing.
+    """
+    size = tuple(semantic.shape[-2:])
+    if tuple(target.segment_map.shape) != size:
+        raise ValueError(f"the target is {tuple(target.segment_map.shape)}, the logits {size}: outlines are "
+                         f"compared at input resolution, so the validation images must not be resized")
+    extents = box_extents(detections.boxes)
+    inside = box_masks(extents, size)  # [N, H, W]
+    pasted = paste_mask_logits(mask_logits.float(), extents, size)  # [N, H, W]
+    stuff_max = semantic[list(stuff_classes)].amax(0)
+    thing_max = semantic[list(thing_classes)].amax(0)
+    arg = semantic.argmax(0)
+    out = []
+    for sid, label, isthing, crowd in zip(target.ids.tolist(), target.labels.tolist(),
+                                          target.isthing.tolist(), target.iscrowd.tolist()):
+        candidates = torch.nonzero(detections.labels == label).squeeze(1)
+        if not isthing or crowd or candidates.numel() == 0:
+            continue
+        gt = target.segment_map == sid
+        ys, xs = torch.nonzero(gt, as_tuple=True)
+        gt_box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        iou = box_iou(detections.boxes[candidates].float(), gt_box)[:, 0]
+        if iou.max() < 0.5:
+            continue
+        j = int(candidates[iou.argmax()])
+        y = semantic[label]
+        logit = y + mask_logit_weight * pasted[j]
+        panoptic = logit > stuff_max
+        if with_unknown:
+            panoptic &= logit > thing_max - y
+        parts = {"mask": pasted[j] > 0, "semantic": thing_max > stuff_max, "semantic_class": arg == label,
+                 "panoptic": panoptic}
+        out.append((float(gt.sum()) ** 0.5,
+                    {k: float((m & inside[j] & gt).sum() / ((m & inside[j]) | gt).sum()) for k, m in parts.items()}))
+    return out
+
+
+@torch.no_grad()
+def outline_ious(model, loader, info, device) -> dict[str, dict[str, float]]:
+    """``part_outlines`` over the loader's images: the mean IoU of each part, over all matched
+    things (``"all"``) and per size (``OUTLINE_BINS``, keys ``"12-20"`` ...), and their counts."""
+    head = model.panoptic_head
+    recorder, seen = copy.copy(head), []
+    recorder.predict = lambda *inputs: seen.append(inputs) or head.predict(*inputs)  # the head's own inference
+    model.panoptic_head = recorder
+    rows = []
+    try:
+        model.eval()
+        for batch in loader:
+            seen.clear()
+            model(batch.to(device))
+            for (semantic, detections, mask_logits, _), target in zip(seen, batch.panoptic):
+                rows += part_outlines(semantic.cpu(), detections.to("cpu"), mask_logits.cpu(), target.to("cpu"),
+                                      info.stuff_classes, info.thing_classes, head.mask_logit_weight,
+                                      head.with_unknown)
+    finally:
+        model.panoptic_head = head
+    out = {}
+    for lo, hi in ((0, None), *OUTLINE_BINS):
+        chosen = [parts for side, parts in rows if side >= lo and (hi is None or side < hi)]
+        name = "all" if (lo, hi) == (0, None) else f"{lo}-{hi if hi is not None else ''}"
+        out[name] = {"things": len(chosen), **{k: sum(p[k] for p in chosen) / len(chosen) if chosen else float("nan")
+                                               for k in OUTLINE_PARTS}}
+    return out
 
 
 def _sync(device) -> None:
@@ -334,6 +435,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion-ablation", action="store_true",
                         help="also re-score the trained network with the panoptic head changed at test: "
                              "without the unknown channel, and with the mask logits weighted 2")
+    parser.add_argument("--outline", action="store_true",
+                        help="also measure what each part of the panoptic head draws for the matched things "
+                             "(IoU of the mask logits, the semantic head and their sum; by thing size)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="resamples of the validation images for the gain's 95%% interval")
     parser.add_argument("--save", type=Path, default=None,
@@ -486,6 +590,7 @@ def main() -> None:
             ablation[name] = {**r, "pq_gain_vs_heuristic": r["pq"] - pq_heuristic["pq"],
                               "pq_gain_ci95_images": [lo, hi]}
         model.panoptic_head = upsnet_head
+    outline = outline_ious(model, dm.val_dataloader(), info, device) if args.outline else {}
     eval_s = time.perf_counter() - t_eval
 
     mrcnn, deeplab = build_peers(args, info, model)
@@ -511,6 +616,11 @@ def main() -> None:
     for name, r in ablation.items():
         lo, hi = r["pq_gain_ci95_images"]
         print(f"  {name}: {100 * r['pq_gain_vs_heuristic']:+.2f} PQ ({100 * lo:+.2f} .. {100 * hi:+.2f})")
+    if outline:
+        print(f"outline IoU of the matched things inside their detection's box, by sqrt(area) in px:\n"
+              f"{'':10}{'things':>8}" + "".join(f"{k:>16}" for k in OUTLINE_PARTS))
+        for name, r in outline.items():
+            print(f"{name:10}{r['things']:8d}" + "".join(f"{r[k]:16.3f}" for k in OUTLINE_PARTS))
     ratio = t["upsnet"] / two
     print(f"depth {args.depth}, {args.steps} steps x batch {args.batch_size} ({epoch} epochs of "
           f"{args.num_train} images), train {train_s:.0f}s, eval {eval_s:.0f}s, skipped {skipped}; "
@@ -539,6 +649,8 @@ def main() -> None:
         "sq_th_heuristic": round(pq_heuristic["sq_th"], 4),
         "fusion_ablation": {name: {k: [round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)
                                    for k, v in r.items()} for name, r in ablation.items()},
+        "outline_iou": {name: {k: v if k == "things" else round(v, 4) for k, v in r.items()}
+                        for name, r in outline.items()},
         "ms_upsnet": round(1000 * t["upsnet"], 2),
         "ms_maskrcnn": round(1000 * t["mrcnn"], 2),
         "ms_maskrcnn_default_thresh": round(1000 * t["mrcnn_default"], 2),

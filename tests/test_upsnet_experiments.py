@@ -27,6 +27,16 @@ def offline_weights(monkeypatch):
                         lambda name, member: torchvision.models.get_model(name, weights=None).state_dict())
 
 
+def _benchmark():
+    """benchmarks/upsnet.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_upsnet", REPO / "benchmarks" / "upsnet.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def _runs(path: Path) -> list[tuple[str, object]]:
     sweep = yaml.safe_load(path.read_text())
     assert (REPO / sweep["experiment"]).is_file() and sweep["method"] == "grid"
@@ -47,14 +57,10 @@ def test_the_ablation_sweeps_exist_with_their_cpu_budget_twins():
 def test_the_cpu_experiment_is_the_benchmarks_network_and_schedule(monkeypatch):
     """upsnet_r18_fpn_shapes_cpu.yaml trains what benchmarks/upsnet.py trains (same parameters,
     optimizer, schedule, clipping and data), so its sweeps and the benchmark's rows compare."""
-    import importlib.util
-
     from lightning_seg.cli import build_experiment
 
     monkeypatch.chdir(REPO)
-    spec = importlib.util.spec_from_file_location("bench_upsnet", REPO / "benchmarks" / "upsnet.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark()
     args = bench.make_parser().parse_args([])
     task, data = build_experiment(REPO / "experiments" / "upsnet_r18_fpn_shapes_cpu.yaml")
     bench_net = bench.build_upsnet(args, data.info)
@@ -160,17 +166,12 @@ def test_benchmark_bootstrap_interval_of_the_gain():
     """The paired bootstrap of benchmarks/upsnet.py: no gain between equal predictions; against
     predictions that miss every other image (PQ 1 vs 3 / (3 + 3/2 + 3/2) = 0.5) an interval
     around the gain 0.5 that resampling the images widens."""
-    import importlib.util
     from types import SimpleNamespace
-
-    import torch
 
     from lightning_seg.metrics._exact_sum import to_fixed
     from lightning_seg.metrics.panoptic import PanopticCounts
 
-    spec = importlib.util.spec_from_file_location("bench_upsnet", REPO / "benchmarks" / "upsnet.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark()
     info = SimpleNamespace(thing_classes=[0], stuff_classes=[1])
     one, zero = torch.tensor([1, 0]), torch.zeros(2, dtype=torch.int64)
     matched = PanopticCounts(to_fixed(one.double()), one, zero, zero)  # IoU 1
@@ -178,3 +179,42 @@ def test_benchmark_bootstrap_interval_of_the_gain():
     assert bench.bootstrap_pq_gain([matched] * 6, [matched] * 6, info, 50, 0) == (0.0, 0.0)
     lo, hi = bench.bootstrap_pq_gain([matched] * 6, [matched, missed] * 3, info, 200, 0)
     assert 0 < lo < 0.5 < hi <= 1
+
+
+def test_benchmark_part_outlines_on_a_hand_made_image():
+    """benchmarks/upsnet.py's ``part_outlines``: an 8 x 8 square of thing class 1 on stuff 0,
+    detected by its exact box with mask logits +5 everywhere; the semantic head gives the upper
+    half to class 1 (logit 3) and the lower half to class 2 (logit 4), stuff logit 0. Then the
+    mask and the semantic head's things-vs-stuff outline cover the square (IoU 1), the semantic
+    arg-max of class 1 its upper half (0.5); the panoptic logit (class-1 logit + 5) beats stuff
+    everywhere in the box, but in the lower half loses to the unknown logit (4 - (-3) = 7 > 2),
+    so 0.5 with the unknown class and 1 without. A second thing without a detection of its class
+    and a crowd region are left out."""
+    from lightning_seg.structures import InstancePredictions, PanopticTargets
+
+    bench = _benchmark()
+    segments = torch.full((20, 20), 2)
+    segments[4:12, 4:12] = 1  # the square, class 1
+    segments[14:18, 14:18] = 3  # class 2, no detection of its class
+    segments[0:2, 0:2] = 4  # a crowd of class 1
+    target = PanopticTargets(segment_map=segments, ids=torch.tensor([1, 2, 3, 4]), labels=torch.tensor([1, 0, 2, 1]),
+                             isthing=torch.tensor([True, False, True, True]),
+                             iscrowd=torch.tensor([False, False, False, True]))
+    semantic = torch.zeros(3, 20, 20)
+    semantic[1] = -3.0
+    semantic[1, 4:8, 4:12] = 3.0
+    semantic[2] = -10.0
+    semantic[2, 8:12, 4:12] = 4.0
+    detections = InstancePredictions(boxes=torch.tensor([[4.0, 4.0, 12.0, 12.0]]), scores=torch.tensor([0.9]),
+                                     labels=torch.tensor([1]), image_size=(20, 20))
+    mask_logits = torch.full((1, 28, 28), 5.0)
+    rows = bench.part_outlines(semantic, detections, mask_logits, target, [0], [1, 2])
+    assert rows == [(8.0, {"mask": 1.0, "semantic": 1.0, "semantic_class": 0.5, "panoptic": 0.5})]
+    rows = bench.part_outlines(semantic, detections, mask_logits, target, [0], [1, 2], with_unknown=False)
+    assert rows[0][1]["panoptic"] == 1.0
+    # a detection whose box overlaps the square by less than 0.5 matches nothing
+    far = InstancePredictions(boxes=torch.tensor([[8.0, 8.0, 16.0, 16.0]]), scores=torch.tensor([0.9]),
+                              labels=torch.tensor([1]), image_size=(20, 20))
+    assert bench.part_outlines(semantic, far, mask_logits, target, [0], [1, 2]) == []
+    with pytest.raises(ValueError, match="must not be resized"):
+        bench.part_outlines(semantic[:, :10], detections, mask_logits, target, [0], [1, 2])
