@@ -259,8 +259,8 @@ def outline_ious(model, loader, info, device) -> dict[str, dict[str, float]]:
     for lo, hi in ((0, None), *OUTLINE_BINS):
         chosen = [parts for side, parts in rows if side >= lo and (hi is None or side < hi)]
         name = "all" if (lo, hi) == (0, None) else f"{lo}-{hi if hi is not None else ''}"
-        out[name] = {"things": len(chosen), **{k: sum(p[k] for p in chosen) / len(chosen) if chosen else float("nan")
-                                               for k in OUTLINE_PARTS}}
+        out[name] = {"things": len(chosen), **{k: sum(p[k] for p in chosen) / len(chosen) if chosen else None
+                                               for k in OUTLINE_PARTS}}  # None: no thing of this size
     return out
 
 
@@ -620,7 +620,8 @@ def main() -> None:
         print(f"outline IoU of the matched things inside their detection's box, by sqrt(area) in px:\n"
               f"{'':10}{'things':>8}" + "".join(f"{k:>16}" for k in OUTLINE_PARTS))
         for name, r in outline.items():
-            print(f"{name:10}{r['things']:8d}" + "".join(f"{r[k]:16.3f}" for k in OUTLINE_PARTS))
+            print(f"{name:10}{r['things']:8d}" + "".join(f"{r[k]:16.3f}" if r[k] is not None else f"{'-':>16}"
+                                                          for k in OUTLINE_PARTS))
     ratio = t["upsnet"] / two
     print(f"depth {args.depth}, {args.steps} steps x batch {args.batch_size} ({epoch} epochs of "
           f"{args.num_train} images), train {train_s:.0f}s, eval {eval_s:.0f}s, skipped {skipped}; "
@@ -649,7 +650,7 @@ def main() -> None:
         "sq_th_heuristic": round(pq_heuristic["sq_th"], 4),
         "fusion_ablation": {name: {k: [round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)
                                    for k, v in r.items()} for name, r in ablation.items()},
-        "outline_iou": {name: {k: v if k == "things" else round(v, 4) for k, v in r.items()}
+        "outline_iou": {name: {k: v if k == "things" or v is None else round(v, 4) for k, v in r.items()}
                         for name, r in outline.items()},
         "ms_upsnet": round(1000 * t["upsnet"], 2),
         "ms_maskrcnn": round(1000 * t["mrcnn"], 2),

@@ -218,3 +218,31 @@ def test_benchmark_part_outlines_on_a_hand_made_image():
     assert bench.part_outlines(semantic, far, mask_logits, target, [0], [1, 2]) == []
     with pytest.raises(ValueError, match="must not be resized"):
         bench.part_outlines(semantic[:, :10], detections, mask_logits, target, [0], [1, 2])
+
+    # outline_ious records what the network's own head receives, and puts the square in its size bin
+    from types import SimpleNamespace
+
+    class Head(torch.nn.Module):
+        mask_logit_weight, with_unknown = 1.0, True
+
+        def predict(self, *inputs):
+            return "panoptic"
+
+    class Network(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.panoptic_head = Head()
+
+        def forward(self, batch):
+            return [self.panoptic_head.predict(semantic, detections, mask_logits, (20, 20))]
+
+    network = Network()
+    head = network.panoptic_head
+    batch = SimpleNamespace(panoptic=[target])
+    batch.to = lambda device: batch
+    info = SimpleNamespace(stuff_classes=[0], thing_classes=[1, 2])
+    out = bench.outline_ious(network, [batch, batch], info, "cpu")
+    assert network.panoptic_head is head
+    square = {"things": 2, "mask": 1.0, "semantic": 1.0, "semantic_class": 0.5, "panoptic": 0.5}
+    assert out["all"] == out["0-12"] == square
+    assert out["12-20"] == {"things": 0, **dict.fromkeys(bench.OUTLINE_PARTS)}
