@@ -75,6 +75,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seg.data.datamodules.synthetic import SyntheticShapesDataModule
+from lightning_seg.data.formats.masks import masks_to_boxes
 from lightning_seg.data.transforms import TrainTransform
 from lightning_seg.metrics.panoptic import PanopticCounts, panoptic_counts, pq_from_counts
 from lightning_seg.models.heads import HeuristicPanopticMerge
@@ -217,8 +218,7 @@ def part_outlines(semantic: Tensor, detections, mask_logits: Tensor, target, stu
         if not isthing or crowd or candidates.numel() == 0:
             continue
         gt = target.segment_map == sid
-        ys, xs = torch.nonzero(gt, as_tuple=True)
-        gt_box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        gt_box = torch.from_numpy(masks_to_boxes(gt[None].numpy()))  # [1, 4]; an empty segment: 0s, no match
         iou = box_iou(detections.boxes[candidates].float(), gt_box)[:, 0]
         if iou.max() < 0.5:
             continue
