@@ -4,10 +4,13 @@ determinism, idempotence and the pixel-outline polygon encoder."""
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -31,6 +34,7 @@ from lightning_seg.data.synthetic import (
 from lightning_seg.data.synthetic.__main__ import main
 from lightning_seg.data.synthetic.coco import mask_to_polygons, rle_compressed, rle_uncompressed
 from lightning_seg.data.synthetic.shapes import SHAPE_BUILDERS, shape_keypoints
+from lightning_seg.data.synthetic.world import world_lock_path
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +312,38 @@ def test_idempotent_and_regenerated_when_the_parameters_change(tmp_path):
     with pytest.raises(DataError, match="refusing"):
         generate_shapes_world(foreign, 2)
     assert (foreign / "train").is_dir()
+
+
+def test_a_second_writer_waits_for_the_first_and_keeps_its_world(tmp_path):
+    """Two trials of a parallel sweep ask for one world: the second waits on the lock, then finds
+    the world the first wrote and leaves it alone (without the lock both wrote at once and one
+    crashed)."""
+    kwargs = dict(num_val=1, height=40, width=48)
+    written = generate_shapes_world(tmp_path / "elsewhere", 2, **kwargs)
+    out = tmp_path / "w"
+    errors: list[Exception] = []
+
+    def second_writer():
+        try:
+            generate_shapes_world(out, 2, **kwargs)
+        except Exception as error:  # reported by the main thread
+            errors.append(error)
+
+    first_writer = FileLock(world_lock_path(out))
+    first_writer.acquire()
+    try:
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not out.exists()  # waiting, nothing written
+        shutil.copytree(written, out)  # the first writer's world
+        (out / "train" / "marker.txt").write_text("the first writer's")
+    finally:
+        first_writer.release()
+    thread.join(30)
+    assert not thread.is_alive() and not errors
+    assert (out / "train" / "marker.txt").is_file()  # not rewritten
+    assert read_world_config(out).num_images == 2
 
 
 def test_cli_writes_a_world(tmp_path, capsys):

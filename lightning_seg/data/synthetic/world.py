@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from lightning_seg.constants import COCO_KEYPOINT_OFFSET
@@ -416,7 +417,9 @@ def generate_shapes_world(
 
     Returns:
         ``out`` as a Path. When ``out/world.json`` records a complete world with the same
-        arguments, nothing is written.
+        arguments, nothing is written. Several processes may call it for one ``out`` at once:
+        the first writes while holding a lock file beside it (``world_lock_path``), the others
+        wait for it and then find the world written.
 
     Raises:
         DataError: ``out`` holds a ``train/`` or ``val/`` folder that this generator did not
@@ -441,24 +444,41 @@ def generate_shapes_world(
     out = Path(out)
     manifest_path = out / MANIFEST
     expected = json.loads(json.dumps(_manifest(config, complete=True)))
-    if manifest_path.is_file():
-        try:
-            if json.loads(manifest_path.read_text()) == expected:
+    if _manifest_is(manifest_path, expected):
+        return out
+    # Several processes may ask for the same world at once (the trials of `lseg sweep --parallel`,
+    # DDP ranks sharing a cache): one writes it while the others wait, then find it complete.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(world_lock_path(out)):
+        if manifest_path.is_file():
+            if _manifest_is(manifest_path, expected):
                 return out
-        except json.JSONDecodeError:
-            pass
+            for split in SPLITS:
+                shutil.rmtree(out / split, ignore_errors=True)
+        elif any((out / split).exists() for split in SPLITS):
+            raise DataError(
+                f"{out}: holds train/ or val/ but no {MANIFEST}, so it is not a shapes world written "
+                f"by this generator; refusing to overwrite it. Choose a new or empty folder."
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(_manifest(config, complete=False), manifest_path)
+        write_split = write_video_split if video else write_image_split
         for split in SPLITS:
-            shutil.rmtree(out / split, ignore_errors=True)
-    elif any((out / split).exists() for split in SPLITS):
-        raise DataError(
-            f"{out}: holds train/ or val/ but no {MANIFEST}, so it is not a shapes world written "
-            f"by this generator; refusing to overwrite it. Choose a new or empty folder."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(_manifest(config, complete=False), manifest_path)
-    write_split = write_video_split if video else write_image_split
-    for split in SPLITS:
-        (out / split).mkdir()
-        write_split(out / split, config, split)
-    _write_json(_manifest(config, complete=True), manifest_path)
+            (out / split).mkdir()
+            write_split(out / split, config, split)
+        _write_json(_manifest(config, complete=True), manifest_path)
     return out
+
+
+def world_lock_path(out: str | Path) -> Path:
+    """The lock file beside ``out`` that one writer of the world holds while it writes."""
+    out = Path(out)
+    return out.parent / f".{out.name}.lock"
+
+
+def _manifest_is(path: Path, expected: dict) -> bool:
+    """Whether ``path`` is a readable manifest equal to ``expected``."""
+    try:
+        return json.loads(path.read_text()) == expected
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
