@@ -398,8 +398,7 @@ class SyntheticKeypointDataModule(TopDownDataModule):
         self._world.prepare_data()
 
     def setup(self, stage: str | None = None) -> None:
-        if not (self.root / "world.json").is_file():
-            self.prepare_data()
+        self.prepare_data()  # as SyntheticShapesDataModule.setup
         super().setup(stage)
 
     def _test_data(self) -> Dataset:

@@ -123,8 +123,9 @@ class SyntheticShapesDataModule(SegDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        if not (self.root / "world.json").is_file():
-            self.prepare_data()  # setup called directly (tests, notebooks): single process
+        # Also when setup is called directly (tests, notebooks); a world already written costs one
+        # read of its manifest, and one another process is still writing is waited for.
+        self.prepare_data()
         super().setup(stage)
 
     def _test_data(self) -> Dataset:
