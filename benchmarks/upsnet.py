@@ -87,6 +87,7 @@ from lightning_seg.structures import Batch
 REPO = Path(__file__).resolve().parents[1]
 NET = "--model.init_args.model.init_args"
 CLIP_NORM = 10.0  # gradient norm clipping of the training loop
+UPSNET_PARTS = ("semantic_head.", "panoptic_head.")  # what --set may change
 
 
 def instance_overrides(args) -> list[str]:
@@ -104,6 +105,20 @@ def instance_overrides(args) -> list[str]:
     ]
 
 
+def upsnet_change(change: str) -> str:
+    """A ``--set`` value: an override of one of UPSNet's own heads (``PART.init_args.KEY=VALUE``).
+
+    Raises:
+        argparse.ArgumentTypeError: another part (the two networks UPSNet is timed against share
+            the others, and take UPSNet's weights), or no ``=``.
+    """
+    if not change.startswith(UPSNET_PARTS) or "=" not in change:
+        raise argparse.ArgumentTypeError(
+            f"{change!r}: expected PART.init_args.KEY=VALUE with PART one of "
+            f"{', '.join(p.rstrip('.') for p in UPSNET_PARTS)}, UPSNet's own heads")
+    return change
+
+
 def build_upsnet(args, info) -> nn.Module:
     """The network of ``experiments/upsnet_r50_fpn_shapes_24e.yaml`` with the budget knobs."""
     from lightning_seg.cli import build_experiment
@@ -112,6 +127,7 @@ def build_upsnet(args, info) -> nn.Module:
         REPO / "experiments" / "upsnet_r50_fpn_shapes_24e.yaml", *instance_overrides(args),
         f"{NET}.panoptic_head.init_args.stuff_area_limit={args.stuff_area_limit}",
         f"{NET}.panoptic_head.init_args.score_thresh={args.score_thresh}",
+        *(f"{NET}.{change}" for change in args.net_set),
         f"--seed_everything={args.seed}",  # the initial weights
     )
     if data.info.class_names != info.class_names:
@@ -442,6 +458,13 @@ def make_parser() -> argparse.ArgumentParser:
                         help="resamples of the validation images for the gain's 95%% interval")
     parser.add_argument("--save", type=Path, default=None,
                         help="write the trained network's state dict here (to re-score it with --load)")
+    parser.add_argument("--set", action="append", default=[], metavar="PART.init_args.KEY=VALUE",
+                        dest="net_set", type=upsnet_change,
+                        help="change UPSNet's own heads as the experiment YAML would (repeatable; "
+                             "PART is semantic_head or panoptic_head), e.g. the official Cityscapes "
+                             "semantic head: --set semantic_head.init_args.num_layers=2 --set "
+                             "semantic_head.init_args.loss_weight=1.0; with --load, the values the "
+                             "network was trained with")
     parser.add_argument("--load", type=Path, default=None,
                         help="skip training: score and time the network saved by --save, or the "
                              "network of an `lseg fit` checkpoint of upsnet_r18_fpn_shapes_cpu.yaml "
@@ -533,7 +556,8 @@ def main() -> None:
         except RuntimeError as exc:  # another experiment's network, or other --depth / widths
             raise SystemExit(f"--load {args.load}: its weights do not fit the benchmark's network "
                              f"(--depth {args.depth} and the width flags must be those it was trained "
-                             f"with; an lseg fit checkpoint must be of "
+                             f"with, and --set the heads' structure it was trained with, such as "
+                             f"semantic_head.init_args.num_layers; an lseg fit checkpoint must be of "
                              f"experiments/upsnet_r18_fpn_shapes_cpu.yaml): {str(exc)[:400]}") from exc
         step = args.steps = saved["steps"]
         epoch = saved["epochs"]
@@ -659,6 +683,7 @@ def main() -> None:
         "ms_deeplabv3plus": round(1000 * t["deeplab"], 2),
         "ms_merge": round(1000 * t["merge"], 2),
         "score_thresh": args.score_thresh,
+        "net_set": args.net_set,
         "loaded_from": None if args.load is None else str(args.load),  # then train_s is not a training time
         "steps": args.steps,
         "depth": args.depth,

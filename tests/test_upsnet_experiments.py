@@ -47,10 +47,11 @@ def _runs(path: Path) -> list[tuple[str, object]]:
 def test_the_ablation_sweeps_exist_with_their_cpu_budget_twins():
     """Each ablation has a paper-setting sweep and a CPU-budget twin; the panoptic-head twin also
     has a second-seed file (the two seeds are reported as one table), and the panoptic loss's
-    weight a CPU-budget sweep."""
+    weight and the Cityscapes weighting of the heads CPU-budget sweeps."""
     names = ["upsnet_deformable", "upsnet_panoptic_head", "upsnet_unknown_class"]
     expected = names + [f"{n}_shapes_cpu" for n in names] + [
-        "upsnet_panoptic_head_shapes_cpu_seeds", "upsnet_panoptic_loss_weight_shapes_cpu"]
+        "upsnet_panoptic_head_shapes_cpu_seeds", "upsnet_panoptic_loss_weight_shapes_cpu",
+        "upsnet_cityscapes_weights_shapes_cpu"]
     assert [p.stem for p in SWEEPS] == sorted(expected)
 
 
@@ -100,6 +101,27 @@ def test_the_cpu_experiment_is_the_benchmarks_network_and_schedule(monkeypatch):
                                              "epoch": 0})
 
 
+def test_benchmark_set_changes_upsnets_heads_as_the_experiment_would(monkeypatch):
+    """benchmarks/upsnet.py --set: the Cityscapes sweep's network (2 semantic layers) built by the
+    benchmark has the experiment's parameters, so --load takes its checkpoint; a part the peers
+    share, or a change without a value, is refused by the parser."""
+    from lightning_seg.cli import build_experiment
+
+    monkeypatch.chdir(REPO)
+    bench = _benchmark()
+    change = "semantic_head.init_args.num_layers=2"
+    args = bench.make_parser().parse_args(["--set", change, "--set", "panoptic_head.init_args.loss_weight=0.5"])
+    task, data = build_experiment(REPO / "experiments" / "upsnet_r18_fpn_shapes_cpu.yaml",
+                                  f"{bench.NET}.{change}")
+    bench_net = bench.build_upsnet(args, data.info)
+    ours = {k: tuple(v.shape) for k, v in task.model.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in bench_net.state_dict().items()}
+    assert len(bench_net.semantic_head.subnet) == 4 and bench_net.panoptic_head.loss_weight == 0.5
+    for bad in ("rpn.init_args.pre_nms_top_n_test=10", "semantic_head.init_args.num_layers"):
+        with pytest.raises(SystemExit):
+            bench.make_parser().parse_args(["--set", bad])
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
 def test_every_value_builds_its_network(path: Path, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -115,6 +137,12 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
             assert net.panoptic_head.loss_weight == value
         elif name.endswith("semantic_head.init_args.deformable"):
             assert any(isinstance(m, DeformConv2d) for m in net.semantic_head.modules()) == value
+        elif name.endswith("semantic_head.init_args.num_layers"):
+            assert sum(isinstance(m, DeformConv2d) for m in net.semantic_head.subnet) == value
+        elif name.endswith("semantic_head.init_args.loss_weight"):
+            assert net.semantic_head.loss_weight == value
+        elif name.endswith("semantic_head.init_args.roi_loss_weight"):
+            assert net.semantic_head.roi_loss_weight == value
         else:
             assert name == "seed_everything", f"{path.name}: no check for {name}"
 
