@@ -148,13 +148,14 @@ def test_overfit_real_body_images(shared_data):
 def test_overfit_real_face_images(shared_data):
     """WFLW's 4 real faces (98 landmarks, on a 16 x 16 heatmap): PCK@0.1 of the face box
     (about 0.17 of the inter-ocular distance) reaches 0.9 and the inter-ocular NME falls below
-    0.08."""
+    0.08. 800 steps: at 400 the NME was 0.0828 on an Intel Xeon (under 0.08 on the AMD EPYC the
+    test was written on); at 800 it is 0.069 there (PCK 0.957)."""
     from lightning_seg.data.datamodules import FaceLandmarkDataModule
 
     dm = FaceLandmarkDataModule(shared_data / "keypoints" / "mmpose_samples" / "wflw", dataset="wflw",
                                 train_ann="test_wflw.json", val_ann="test_wflw.json", images=".",
                                 input_size=(64, 64), batch_size=4, num_workers=0, **NO_AUGMENTATION)
-    first, last, result = _overfit(dm, steps=400, lr=3e-3, sigma=1.5, pck_alpha=0.1, metrics=("pck", "nme"))
+    first, last, result = _overfit(dm, steps=800, lr=3e-3, sigma=1.5, pck_alpha=0.1, metrics=("pck", "nme"))
     assert last < 0.2 * first
     assert result["val/pck"] >= 0.9 and result["val/nme"] < 0.08, result
 
