@@ -22,6 +22,12 @@ mkdir -p "$out"
 python=${PYTHON:-python}
 limit=${GPU_RUN_LIMIT:-540}
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled
+for name in "$@"; do  # a misspelt run stops here, before any GPU time is spent
+    case $name in
+        refinemask|upsnet|maskrcnn|paste) ;;
+        *) echo "benchmarks/gpu.sh: unknown run '$name' (refinemask, upsnet, maskrcnn, paste)" >&2; exit 2 ;;
+    esac
+done
 "$python" -c "import sys, torch
 if not torch.cuda.is_available():
     sys.exit('benchmarks/gpu.sh: torch sees no CUDA device; these runs need one')
@@ -38,11 +44,6 @@ names=("$@")
 status=0
 for name in "${names[@]}"; do
     command=${commands[$name]:-}
-    if [ -z "$command" ]; then
-        echo "[gpu] unknown run '$name': one of ${!commands[*]}" >&2
-        status=2
-        continue
-    fi
     echo "[gpu] $name: python $command (at most ${limit} s)"
     start=$SECONDS
     # shellcheck disable=SC2086  # the command is words

@@ -450,9 +450,9 @@ def generate_shapes_world(
     # DDP ranks sharing a cache): one writes it while the others wait, then find it complete.
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(world_lock_path(out)):
-        if manifest_path.is_file():
-            if _manifest_is(manifest_path, expected):
-                return out
+        if _manifest_is(manifest_path, expected):  # written while this process waited
+            return out
+        if manifest_path.is_file():  # another world, or an unfinished one: written again
             for split in SPLITS:
                 shutil.rmtree(out / split, ignore_errors=True)
         elif any((out / split).exists() for split in SPLITS):
