@@ -128,7 +128,8 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
     experiment = yaml.safe_load(path.read_text())["experiment"]
     for name, value in _runs(path):
         arg = value if isinstance(value, str) else yaml.safe_dump(value).split("\n")[0]
-        net = main(["--config", experiment, f"--{name}", str(arg)], run=False).model.model
+        task = main(["--config", experiment, f"--{name}", str(arg)], run=False).model
+        net = task.model
         if name.endswith("panoptic_head.class_path"):
             assert type(net.panoptic_head).__name__ == value.rsplit(".", 1)[1]
         elif name.endswith("box_keep_fraction"):
@@ -143,6 +144,8 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
             assert net.semantic_head.loss_weight == value
         elif name.endswith("semantic_head.init_args.roi_loss_weight"):
             assert net.semantic_head.roi_loss_weight == value
+        elif name == "model.init_args.optimizer.init_args.lr":
+            assert task.configure_optimizers()["optimizer"].defaults["lr"] == value
         else:
             assert name == "seed_everything", f"{path.name}: no check for {name}"
 
