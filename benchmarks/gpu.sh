@@ -22,28 +22,29 @@ mkdir -p "$out"
 python=${PYTHON:-python}
 limit=${GPU_RUN_LIMIT:-540}
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled
-for name in "$@"; do  # a misspelt run stops here, before any GPU time is spent
-    case $name in
-        refinemask|upsnet|maskrcnn|paste) ;;
-        *) echo "benchmarks/gpu.sh: unknown run '$name' (refinemask, upsnet, maskrcnn, paste)" >&2; exit 2 ;;
-    esac
-done
-"$python" -c "import sys, torch
-if not torch.cuda.is_available():
-    sys.exit('benchmarks/gpu.sh: torch sees no CUDA device; these runs need one')
-print('[gpu]', torch.cuda.get_device_name(), 'torch', torch.__version__)" || exit 1
-
+order=(refinemask upsnet maskrcnn paste)  # the default: all, the most wanted first
 declare -A commands=(
     [refinemask]="benchmarks/refinemask_vs_maskrcnn.py --device cuda"
     [upsnet]="benchmarks/upsnet.py --device cuda --steps 3000 --depth 50 --outline"
     [maskrcnn]="benchmarks/maskrcnn_vs_torchvision.py --device cuda --amp"
     [paste]="benchmarks/mask_paste.py --device cuda"
 )
+for name in "$@"; do  # a misspelt run stops here, before any GPU time is spent
+    if [ -z "$name" ] || [ -z "${commands[$name]+x}" ]; then
+        echo "benchmarks/gpu.sh: unknown run '$name' (one of: ${order[*]})" >&2
+        exit 2
+    fi
+done
+"$python" -c "import sys, torch
+if not torch.cuda.is_available():
+    sys.exit('benchmarks/gpu.sh: torch sees no CUDA device; these runs need one')
+print('[gpu]', torch.cuda.get_device_name(), 'torch', torch.__version__)" || exit 1
+
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(refinemask upsnet maskrcnn paste)
+[ ${#names[@]} -eq 0 ] && names=("${order[@]}")
 status=0
 for name in "${names[@]}"; do
-    command=${commands[$name]:-}
+    command=${commands[$name]}
     echo "[gpu] $name: python $command (at most ${limit} s)"
     start=$SECONDS
     # shellcheck disable=SC2086  # the command is words
