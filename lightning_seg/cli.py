@@ -191,9 +191,11 @@ def _import(class_path: str):
 
 
 def _to_config(value):
-    """A fact as the config holds it (dataclasses as namespaces, tuples as lists)."""
+    """A fact as the config holds it (dataclasses as namespaces, tuples as lists; a dataclass with
+    ``as_config``, as ``DatasetInfo``, leaves out what it generates itself)."""
     if is_dataclass(value):
-        return Namespace(**{k: _to_config(v) for k, v in asdict(value).items()})
+        fields = value.as_config() if hasattr(value, "as_config") else asdict(value)
+        return Namespace(**{k: _to_config(v) for k, v in fields.items()})
     if isinstance(value, (list, tuple)):
         return [_to_config(v) for v in value]
     return value
@@ -209,6 +211,18 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _same_fact(given, value) -> bool:
+    """Whether a fact set in a config equals the data's. A dataclass given as a namespace is built
+    first, so a config that spells out what the dataclass generates (an older saved config with
+    the whole palette) equals one that leaves it out."""
+    if is_dataclass(value) and isinstance(given, Namespace):
+        try:
+            given = type(value)(**_plain(given))
+        except (TypeError, ValueError):
+            return False
+    return _plain(given) == _plain(value)
 
 
 def fill_dataset_facts(node, facts: dict, path: str = "model") -> None:
@@ -229,7 +243,7 @@ def fill_dataset_facts(node, facts: dict, path: str = "model") -> None:
             given = init.get(name)
             if given is None:
                 init[name] = _to_config(value)
-            elif _plain(given) != _plain(value):
+            elif not _same_fact(given, value):
                 raise ValueError(
                     f"{path}.init_args.{name} is {_plain(given)!r} but the DataModule gives "
                     f"{_plain(value)!r}: remove it from the experiment (it is filled from the data) "

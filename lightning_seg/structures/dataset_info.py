@@ -8,7 +8,7 @@ not take a fact never receives it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -59,6 +59,23 @@ class DatasetInfo:
         for i, j in self.keypoint_flip_map:
             if not (0 <= i < n and 0 <= j < n):
                 raise ValueError(f"keypoint_flip_map pair ({i}, {j}) is out of range for {n} keypoints")
+
+    def as_config(self) -> dict[str, object]:
+        """The fields as a config holds them, those ``__post_init__`` generates left empty.
+
+        Building from this dict gives back an equal ``DatasetInfo``. ``lseg`` writes the info into
+        every config it parses, saves and logs, and jsonargparse type-checks each element: LVIS's
+        1203-class palette alone costs seconds at every pass.
+        """
+        config = asdict(self)
+        k = self.num_classes
+        if self.category_ids == list(range(k)):
+            config["category_ids"] = []
+        if all(self.isthing):
+            config["isthing"] = []
+        if [tuple(c) for c in self.palette] == default_palette(k):
+            config["palette"] = []
+        return config
 
     @property
     def num_classes(self) -> int:
