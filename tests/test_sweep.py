@@ -414,20 +414,24 @@ def test_wandb_agent_trial_runs_the_same_lseg_fit(tiny_experiment, tmp_path):
 
 
 # ------------------------------------------------------------------ sweep files
-def test_every_sweep_file_parses_into_its_experiment(monkeypatch):
+SWEEP_FILES = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
+
+
+def test_the_sweep_files_are_there():
+    assert len(SWEEP_FILES) >= 7
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.stem for p in SWEEP_FILES])
+def test_every_sweep_file_parses_into_its_experiment(path: Path, monkeypatch):
     """Every parameter path of every file in experiments/sweeps/ exists in its experiment's
     parser and every value type-checks (parsed as the trial passes it, nothing built)."""
     from lightning_seg.sweeps.check import check_sweep
 
     monkeypatch.chdir(REPO)
-    files = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
-    assert len(files) >= 7
-    problems = []
-    for path in files:
-        spec = load_sweep(path, root=REPO)
-        assert spec.swept, f"{path.name} sweeps nothing"
-        problems += [f"{path.name}: {p}" for p in check_sweep(spec)]
-    assert not problems, "\n".join(problems)
+    spec = load_sweep(path, root=REPO)
+    assert spec.swept, f"{path.name} sweeps nothing"
+    problems = check_sweep(spec)
+    assert not problems, "\n".join(f"{path.name}: {p}" for p in problems)
 
 
 def test_the_check_catches_bad_paths_and_values(tiny_experiment, tmp_path):
