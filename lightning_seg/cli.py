@@ -213,16 +213,16 @@ def _plain(value):
     return value
 
 
-def _same_fact(given, value) -> bool:
-    """Whether a fact set in a config equals the data's. A dataclass given as a namespace is built
-    first, so a config that spells out what the dataclass generates (an older saved config with
-    the whole palette) equals one that leaves it out."""
+def _given_fact(given, value):
+    """A fact set in a config, in the plain form ``_plain(value)`` takes. A dataclass given as a
+    namespace is built first, so a config that spells out what the dataclass generates (an older
+    saved config with the whole palette) equals one that leaves it out."""
     if is_dataclass(value) and isinstance(given, Namespace):
         try:
             given = type(value)(**_plain(given))
         except (TypeError, ValueError):
-            return False
-    return _plain(given) == _plain(value)
+            pass
+    return _plain(given)
 
 
 def fill_dataset_facts(node, facts: dict, path: str = "model") -> None:
@@ -243,10 +243,15 @@ def fill_dataset_facts(node, facts: dict, path: str = "model") -> None:
             given = init.get(name)
             if given is None:
                 init[name] = _to_config(value)
-            elif not _same_fact(given, value):
+            elif (given_plain := _given_fact(given, value)) != (data_plain := _plain(value)):
+                if isinstance(given_plain, dict) and isinstance(data_plain, dict):  # name the fields
+                    keys = sorted(k for k in given_plain.keys() | data_plain.keys()
+                                  if given_plain.get(k) != data_plain.get(k))
+                    given_plain = {k: given_plain.get(k) for k in keys}
+                    data_plain = {k: data_plain.get(k) for k in keys}
                 raise ValueError(
-                    f"{path}.init_args.{name} is {_plain(given)!r} but the DataModule gives "
-                    f"{_plain(value)!r}: remove it from the experiment (it is filled from the data) "
+                    f"{path}.init_args.{name} is {given_plain!r} but the DataModule gives "
+                    f"{data_plain!r}: remove it from the experiment (it is filled from the data) "
                     f"or use data that agree"
                 )
         for key, value in vars(init).items():

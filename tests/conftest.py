@@ -16,10 +16,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # OMP_NUM_THREADS wins.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // _WORKERS))
     import torch
 
+    from lightning_seg.sweeps.runner import core_share
+
+    os.environ["OMP_NUM_THREADS"] = str(core_share(_WORKERS))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]

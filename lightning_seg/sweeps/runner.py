@@ -245,8 +245,15 @@ def slot_env(slot: int, parallel: int, devices: list[str] | None) -> dict[str, s
         mine = devices[slot * per:(slot + 1) * per] or [devices[slot % len(devices)]]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
     elif parallel > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+        env["OMP_NUM_THREADS"] = str(core_share(parallel))
     return env
+
+
+def core_share(processes: int) -> int:
+    """Threads each of ``processes`` CPU jobs gets so that together they fill, and do not
+    oversubscribe, the cores this process may run on (the test suite's workers use it too)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // processes)
 
 
 def visible_gpus() -> list[str]:
