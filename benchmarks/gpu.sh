@@ -7,8 +7,10 @@
 # NAME picks runs (default: all, in this order, the most wanted first):
 #   refinemask   RefineMask / Mask R-CNN inference time ratio (the paper: 1.38, goal <= 1.4), then
 #                the CPU run's training budget on the GPU
-#   upsnet       UPSNet R50 at 3000 steps: the panoptic head against the heuristic merge, with the
-#                outline measurement
+#   upsnet_large UPSNet R50 at 3000 steps on the world rendered at 512 x 640 (things 30-100 px
+#                across): the panoptic head against the heuristic merge where the semantic head's
+#                stride 4 outlines things about as finely as a 28 x 28 mask (BENCHMARKS.md, UPSNet)
+#   upsnet       the same at the benchmark's 128 x 160, with the outline measurement
 #   maskrcnn     our Mask R-CNN against torchvision's, bf16 autocast
 #   paste        mask pasting, per-box against chunked
 # Each run's whole output goes to OUT_DIR/NAME.log and its JSON line (the last line) to
@@ -16,15 +18,16 @@
 # The Python that runs them is $PYTHON (default: python), with lightning_seg importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [refinemask upsnet maskrcnn paste]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [refinemask upsnet_large upsnet maskrcnn paste]}
 shift
 mkdir -p "$out"
 python=${PYTHON:-python}
 limit=${GPU_RUN_LIMIT:-540}
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled
-order=(refinemask upsnet maskrcnn paste)  # the default: all, the most wanted first
+order=(refinemask upsnet_large upsnet maskrcnn paste)  # the default: all, the most wanted first
 declare -A commands=(
     [refinemask]="benchmarks/refinemask_vs_maskrcnn.py --device cuda"
+    [upsnet_large]="benchmarks/upsnet.py --device cuda --steps 3000 --depth 50 --height 512 --width 640 --outline --fusion-ablation"
     [upsnet]="benchmarks/upsnet.py --device cuda --steps 3000 --depth 50 --outline"
     [maskrcnn]="benchmarks/maskrcnn_vs_torchvision.py --device cuda --amp"
     [paste]="benchmarks/mask_paste.py --device cuda"

@@ -23,7 +23,7 @@ def _gpu_sh(tmp_path: Path, *names: str) -> subprocess.CompletedProcess:
 def test_an_unknown_run_name_stops_before_anything_runs(tmp_path, names):
     proc = _gpu_sh(tmp_path, *names)
     assert proc.returncode == 2, proc.stderr
-    assert f"unknown run '{names[-1]}' (one of: refinemask upsnet maskrcnn paste)" in proc.stderr
+    assert f"unknown run '{names[-1]}' (one of: refinemask upsnet_large upsnet maskrcnn paste)" in proc.stderr
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
