@@ -8,8 +8,9 @@
 #   refinemask   RefineMask / Mask R-CNN inference time ratio (the paper: 1.38, goal <= 1.4), then
 #                the CPU run's training budget on the GPU
 #   upsnet_large UPSNet R50 at 3000 steps on the world rendered at 512 x 640 (things 30-100 px
-#                across): the panoptic head against the heuristic merge where the semantic head's
-#                stride 4 outlines things about as finely as a 28 x 28 mask (BENCHMARKS.md, UPSNet)
+#                across): the panoptic head against the heuristic merge on things towards the sizes
+#                where the semantic head's stride 4 outlines them as finely as a 28 x 28 mask
+#                (BENCHMARKS.md, UPSNet)
 #   upsnet       the same at the benchmark's 128 x 160, with the outline measurement
 #   maskrcnn     our Mask R-CNN against torchvision's, bf16 autocast
 #   paste        mask pasting, per-box against chunked
