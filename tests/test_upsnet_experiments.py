@@ -47,11 +47,12 @@ def _runs(path: Path) -> list[tuple[str, object]]:
 def test_the_ablation_sweeps_exist_with_their_cpu_budget_twins():
     """Each ablation has a paper-setting sweep and a CPU-budget twin; the panoptic-head twin also
     has a second-seed file (the two seeds are reported as one table), and the panoptic loss's
-    weight and the Cityscapes weighting of the heads CPU-budget sweeps."""
+    weight and the Cityscapes weighting of the heads CPU-budget sweeps (the latter also at twice
+    the steps)."""
     names = ["upsnet_deformable", "upsnet_panoptic_head", "upsnet_unknown_class"]
     expected = names + [f"{n}_shapes_cpu" for n in names] + [
         "upsnet_panoptic_head_shapes_cpu_seeds", "upsnet_panoptic_loss_weight_shapes_cpu",
-        "upsnet_cityscapes_weights_shapes_cpu"]
+        "upsnet_cityscapes_weights_shapes_cpu", "upsnet_cityscapes_weights_long_shapes_cpu"]
     assert [p.stem for p in SWEEPS] == sorted(expected)
 
 
@@ -128,8 +129,8 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
     experiment = yaml.safe_load(path.read_text())["experiment"]
     for name, value in _runs(path):
         arg = value if isinstance(value, str) else yaml.safe_dump(value).split("\n")[0]
-        task = main(["--config", experiment, f"--{name}", str(arg)], run=False).model
-        net = task.model
+        cli = main(["--config", experiment, f"--{name}", str(arg)], run=False)
+        task, net = cli.model, cli.model.model
         if name.endswith("panoptic_head.class_path"):
             assert type(net.panoptic_head).__name__ == value.rsplit(".", 1)[1]
         elif name.endswith("box_keep_fraction"):
@@ -146,6 +147,10 @@ def test_every_value_builds_its_network(path: Path, monkeypatch):
             assert net.semantic_head.roi_loss_weight == value
         elif name == "model.init_args.optimizer.init_args.lr":
             assert task.configure_optimizers()["optimizer"].defaults["lr"] == value
+        elif name == "model.init_args.scheduler.init_args.milestones":
+            assert task.configure_optimizers()["lr_scheduler"]["scheduler"].milestones == value
+        elif name.startswith("trainer."):
+            assert getattr(cli.trainer, name.split(".", 1)[1]) == value
         else:
             assert name == "seed_everything", f"{path.name}: no check for {name}"
 
